@@ -1,0 +1,230 @@
+"""The ports: small protocols the core talks through, which adapters and storage implement.
+
+The core never imports an adapter; the composition root (``bot.app``) hands it objects that fit
+these shapes. Tests use the real implementations against loopback fakes of outside services.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from bot.models import Character, CharacterMedia, Job, JobState, MediaKind, Visibility
+
+
+class LabelStyle(enum.StrEnum):
+    """How a provider names reference slots in a prompt (its documents disagree, so a setting)."""
+
+    SEPARATE = "separate"  # Image 1, Image 2, Video 1
+    VIDEOS_FIRST = "videos_first"  # Video 1, Video 2, Image 3
+    COMPACT = "compact"  # Image1, Video1
+    CHARACTER = "character"  # character1, character2
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a provider accepts. The composer and the media fitting read limits from here."""
+
+    name: str
+    max_references: int = 5
+    image_durations: tuple[int, int] = (2, 15)
+    video_durations: tuple[int, int] = (2, 10)
+    resolutions: tuple[str, ...] = ("720p", "1080p")
+    aspect_ratios: tuple[str, ...] = ("16:9", "9:16", "1:1", "4:3", "3:4")
+    voice: bool = True
+    first_frame: bool = False
+    label_style: LabelStyle = LabelStyle.SEPARATE
+    webhooks: bool = True
+    needs_public_media: bool = False
+    max_prompt_chars: int = 5000
+    max_negative_chars: int = 500
+    price_per_second: Mapping[str, float] = field(default_factory=dict)
+
+    def durations_for(self, has_video: bool) -> tuple[int, int]:
+        return self.video_durations if has_video else self.image_durations
+
+    def estimate(self, resolution: str, seconds: int) -> float | None:
+        rate = self.price_per_second.get(resolution)
+        return None if rate is None else round(rate * seconds, 4)
+
+
+@dataclass(frozen=True, slots=True)
+class StagedReference:
+    """A reference as handed to a provider: a local file the provider stages as it must."""
+
+    label: str
+    kind: MediaKind
+    path: Path
+    mime: str
+    voice_path: Path | None = None
+    voice_mime: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRequest:
+    job_id: str
+    prompt: str
+    references: tuple[StagedReference, ...]
+    duration: int
+    resolution: str
+    aspect_ratio: str
+    seed: int | None
+    negative_prompt: str
+    webhook_url: str | None
+
+
+class TaskState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStatus:
+    """A provider's answer about one task, mapped to our few states."""
+
+    state: TaskState
+    progress: float | None = None
+    result_url: str | None = None
+    error: str | None = None
+    queue_position: int | None = None
+
+
+class Provider(Protocol):
+    """A reference-to-video service: hosted, our own GPU worker, or the offline storyboard."""
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    async def submit(self, request: ProviderRequest) -> str:
+        """Start a task and answer its id. Never retried blindly after a timeout."""
+        ...
+
+    async def status(self, task_id: str) -> TaskStatus: ...
+
+    async def cancel(self, task_id: str) -> bool:
+        """Ask the provider to stop; answer whether it said it would."""
+        ...
+
+    def check_webhook(self, headers: Mapping[str, str], body: bytes) -> None:
+        """Raise ``WebhookRejected`` unless the provider's signature checks out."""
+        ...
+
+    def download(self, status: TaskStatus) -> AsyncIterator[bytes]:
+        """Stream the finished MP4's bytes."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PostedStatus:
+    """Where a status message landed (a thread may have been made for it)."""
+
+    message_id: str | None
+    thread_id: str | None = None
+
+
+class ChatPort(Protocol):
+    """A chat platform, as the job engine needs it: post and edit status, deliver a video."""
+
+    platform: str
+
+    async def post_status(self, job: Job, text: str) -> PostedStatus: ...
+
+    async def edit_status(self, job: Job, text: str) -> None: ...
+
+    async def deliver_video(self, job: Job, video: Path, text: str) -> None: ...
+
+
+class BlobWriter(Protocol):
+    """An open blob being written; ``sha256`` is set once its ``writer`` block exits cleanly."""
+
+    async def write(self, chunk: bytes) -> None: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def sha256(self) -> str | None: ...
+
+
+class BlobStore(Protocol):
+    """Content-addressed files: a blob's name is the sha256 of its bytes."""
+
+    def path(self, blob: str) -> Path: ...
+
+    async def put_file(self, source: Path) -> str:
+        """Store a file's content and answer its sha256; the source is left as it was."""
+        ...
+
+    def writer(self, max_bytes: int) -> AbstractAsyncContextManager[BlobWriter]:
+        """Stream bytes into a new blob, refusing more than ``max_bytes`` (``BlobTooLarge``).
+
+        The blob exists under its real name only once the block exits cleanly."""
+        ...
+
+    async def discard_unused(self, blobs: Sequence[str]) -> None:
+        """Remove those of the blobs that nothing refers to any more."""
+        ...
+
+
+class CharacterStore(Protocol):
+    async def ensure_server(self, server_id: str, platform: str) -> None: ...
+
+    async def get(self, server_id: str, name: str) -> Character | None: ...
+
+    async def list(
+        self, server_id: str, *, owner_id: str | None = None
+    ) -> Sequence[Character]: ...
+
+    async def count(self, server_id: str) -> int: ...
+
+    async def create(
+        self,
+        server_id: str,
+        name: str,
+        owner_id: str,
+        description: str,
+        visibility: Visibility,
+        media: Sequence[CharacterMedia],
+    ) -> Character:
+        """Insert a character and its media in one transaction; ``NameTaken`` on a clash."""
+        ...
+
+    async def add_media(self, character_id: int, media: CharacterMedia) -> None: ...
+
+    async def remove_media(self, media_id: int) -> None: ...
+
+    async def rename(self, character_id: int, new_name: str) -> None: ...
+
+    async def delete(self, character_id: int) -> None: ...
+
+
+class JobStore(Protocol):
+    async def create(self, job: Job, blobs: Sequence[str]) -> None:
+        """Write a new job (state ``queued``) and the blobs it holds on to."""
+        ...
+
+    async def get(self, job_id: str) -> Job | None: ...
+
+    async def move(
+        self, job_id: str, new: JobState, *, detail: str = "", **fields: object
+    ) -> Job | None:
+        """Move a job forward and record the event, in one transaction.
+
+        Answers the updated job, or ``None`` when the move is not forward from the stored state
+        (the job is then unchanged)."""
+        ...
+
+    async def update(self, job_id: str, **fields: object) -> Job: ...
+
+    async def unfinished(self) -> Sequence[Job]: ...
+
+    async def recent_for_user(self, server_id: str, user_id: str, limit: int) -> Sequence[Job]: ...
+
+    async def add_blob(self, job_id: str, blob: str, role: str) -> None: ...

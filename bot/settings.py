@@ -1,0 +1,190 @@
+"""Settings, read once at start from the environment (and ``.env``) and passed down.
+
+Names are a contract (DESIGN.md): ``R2V_*`` for our own, the providers' and platforms' usual
+names for keys and tokens. There is no module-level instance: ``load_settings`` builds one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.errors import ConfigurationError
+from bot.ports import LabelStyle
+
+#: Providers in the order the default is chosen when several keys are set.
+HOSTED_PROVIDERS = (
+    "dashscope",
+    "wavespeed",
+    "freepik",
+    "fal",
+    "replicate",
+    "inference",
+    "segmind",
+)
+PROVIDER_KEY_FIELDS = {
+    "dashscope": "dashscope_api_key",
+    "wavespeed": "wavespeed_api_key",
+    "freepik": "freepik_api_key",
+    "fal": "fal_key",
+    "replicate": "replicate_api_token",
+    "inference": "inference_api_key",
+    "segmind": "segmind_api_key",
+}
+
+
+def _env(name: str) -> Any:
+    return Field(default=None, validation_alias=AliasChoices(name))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="R2V_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    data_dir: Path = Field(Path("./data"), description="a folder path the bot may write to")
+    http_host: str = Field("127.0.0.1", description="an address to listen on, e.g. 0.0.0.0")
+    http_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        8080, description="a TCP port number, 0–65535 (0 picks a free one)"
+    )
+    public_url: str | None = Field(
+        None, description="an http(s) URL where providers can reach this bot, without a path"
+    )
+    provider: str | None = Field(
+        None, description="a provider name, or several separated by commas (the failover order)"
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    max_characters_per_server: Annotated[int, Field(ge=1)] = Field(
+        1000, description="a whole number of characters, at least 1"
+    )
+    user_open_jobs: Annotated[int, Field(ge=1)] = Field(
+        2, description="how many unfinished jobs one user may have running, at least 1"
+    )
+    server_open_jobs: Annotated[int, Field(ge=1)] = Field(
+        10, description="how many unfinished jobs one server may have running, at least 1"
+    )
+    poll_initial_seconds: Annotated[float, Field(gt=0)] = Field(
+        5.0, description="seconds before the first status poll, more than 0"
+    )
+    poll_max_seconds: Annotated[float, Field(gt=0)] = Field(
+        60.0, description="the longest wait between status polls in seconds, more than 0"
+    )
+    job_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        3600.0, description="seconds after which an unfinished job is given up, more than 0"
+    )
+    max_result_bytes: Annotated[int, Field(ge=1)] = Field(
+        500 * 1024 * 1024, description="the largest result video accepted, in bytes"
+    )
+    storyboard_labels: LabelStyle | None = Field(
+        None, description="separate, videos_first, compact or character"
+    )
+    storyboard_render_seconds: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="extra seconds the storyboard waits before rendering (for demos and tests)"
+    )
+
+    dashscope_api_key: SecretStr | None = _env("DASHSCOPE_API_KEY")
+    wavespeed_api_key: SecretStr | None = _env("WAVESPEED_API_KEY")
+    freepik_api_key: SecretStr | None = _env("FREEPIK_API_KEY")
+    fal_key: SecretStr | None = _env("FAL_KEY")
+    replicate_api_token: SecretStr | None = _env("REPLICATE_API_TOKEN")
+    inference_api_key: SecretStr | None = _env("INFERENCE_API_KEY")
+    segmind_api_key: SecretStr | None = _env("SEGMIND_API_KEY")
+
+    discord_token: SecretStr | None = _env("DISCORD_TOKEN")
+    slack_bot_token: SecretStr | None = _env("SLACK_BOT_TOKEN")
+    slack_app_token: SecretStr | None = _env("SLACK_APP_TOKEN")
+    slack_signing_secret: SecretStr | None = _env("SLACK_SIGNING_SECRET")
+    discord_api_base: str | None = Field(None, description="an http(s) URL of a Discord REST API")
+    slack_api_base: str | None = Field(None, description="an http(s) URL of a Slack Web API")
+
+    @field_validator("public_url", "discord_api_base", "slack_api_base")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("unknown level")
+        return level
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "r2v.sqlite3"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+    def provider_key(self, provider: str) -> SecretStr | None:
+        field_name = PROVIDER_KEY_FIELDS.get(provider)
+        value = getattr(self, field_name) if field_name else None
+        return value if isinstance(value, SecretStr) else None
+
+    @property
+    def configured_providers(self) -> list[str]:
+        return [name for name in HOSTED_PROVIDERS if self.provider_key(name) is not None]
+
+    @property
+    def provider_order(self) -> list[str]:
+        """The providers to try, in order: ``R2V_PROVIDER``, else the first keyed, else storyboard."""
+        if self.provider:
+            return [p.strip().lower() for p in self.provider.split(",") if p.strip()]
+        return self.configured_providers[:1] or ["storyboard"]
+
+    @property
+    def chat_platforms(self) -> list[str]:
+        platforms = []
+        if self.discord_token is not None:
+            platforms.append("discord")
+        if self.slack_bot_token is not None and (
+            self.slack_app_token is not None or self.slack_signing_secret is not None
+        ):
+            platforms.append("slack")
+        return platforms
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable a settings field is read from."""
+    info = Settings.model_fields[field_name]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        first = alias.choices[0]
+        if isinstance(first, str):
+            return first
+    return f"R2V_{field_name.upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, or raise ``ConfigurationError`` with one line naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field_name = str(error["loc"][0]) if error["loc"] else "?"
+        if field_name in Settings.model_fields:
+            name = env_name(field_name)
+            accepts = Settings.model_fields[field_name].description or error["msg"]
+        else:
+            name, accepts = field_name.upper(), error["msg"]
+        got = error.get("input")
+        shown = f"{got!r}" if isinstance(got, str | int | float) else "this value"
+        raise ConfigurationError(f"{name}={shown} is not accepted: expected {accepts}.") from None
