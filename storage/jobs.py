@@ -1,0 +1,318 @@
+"""Jobs, their state history and the blobs they hold on to, in SQLite.
+
+A job only moves forward (``JobState.can_move_to``). The check and the write happen in one
+transaction, so when a webhook and a poll report the same change at once, exactly one of them
+moves the job and the other is told ``None``: it must not repeat the side effect.
+
+The spec is stored as JSON through the explicit ``spec_to_dict`` / ``spec_from_dict`` below, so a
+renamed dataclass field fails loudly here instead of producing rows that no longer load.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from bot.models import Destination, Job, JobReference, JobSpec, JobState, MediaKind
+from storage.db import UNFINISHED_CONDITION, Database
+
+#: Job fields ``move`` and ``update`` may set, as named on ``Job``/``Destination`` and in the
+#: table alike. ``state`` changes through ``move`` only; ids, spec and creation time never change.
+UPDATABLE_FIELDS = frozenset(
+    {
+        "provider",
+        "task_id",
+        "token_hash",
+        "reason",
+        "progress",
+        "result_blob",
+        "result_size",
+        "result_duration",
+        "cost_estimate",
+        "submitted_at",
+        "finished_at",
+        "next_poll_at",
+        "poll_count",
+        "thread_id",
+        "status_message_id",
+    }
+)
+
+_INSERT_COLUMNS = (
+    "id",
+    "server_id",
+    "user_id",
+    "provider",
+    "state",
+    "spec",
+    "platform",
+    "dest_server_id",
+    "dest_user_id",
+    "channel_id",
+    "thread_id",
+    "status_message_id",
+    "task_id",
+    "token_hash",
+    "reason",
+    "progress",
+    "result_blob",
+    "result_size",
+    "result_duration",
+    "cost_estimate",
+    "created_at",
+    "updated_at",
+    "submitted_at",
+    "finished_at",
+    "next_poll_at",
+    "poll_count",
+)
+
+Event = tuple[float, str | None, str, str]
+
+
+def reference_to_dict(ref: JobReference) -> dict[str, Any]:
+    return {
+        "label": ref.label,
+        "kind": ref.kind.value,
+        "blob": ref.blob,
+        "mime": ref.mime,
+        "source": ref.source,
+        "voice_blob": ref.voice_blob,
+        "voice_mime": ref.voice_mime,
+        "duration": ref.duration,
+    }
+
+
+def reference_from_dict(data: Mapping[str, Any]) -> JobReference:
+    return JobReference(
+        label=data["label"],
+        kind=MediaKind(data["kind"]),
+        blob=data["blob"],
+        mime=data["mime"],
+        source=data["source"],
+        voice_blob=data.get("voice_blob"),
+        voice_mime=data.get("voice_mime"),
+        duration=data.get("duration"),
+    )
+
+
+def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
+    return {
+        "prompt": spec.prompt,
+        "original_prompt": spec.original_prompt,
+        "references": [reference_to_dict(ref) for ref in spec.references],
+        "duration": spec.duration,
+        "resolution": spec.resolution,
+        "aspect_ratio": spec.aspect_ratio,
+        "seed": spec.seed,
+        "negative_prompt": spec.negative_prompt,
+    }
+
+
+def spec_from_dict(data: Mapping[str, Any]) -> JobSpec:
+    return JobSpec(
+        prompt=data["prompt"],
+        original_prompt=data["original_prompt"],
+        references=tuple(reference_from_dict(ref) for ref in data["references"]),
+        duration=data["duration"],
+        resolution=data["resolution"],
+        aspect_ratio=data["aspect_ratio"],
+        seed=data.get("seed"),
+        negative_prompt=data.get("negative_prompt", ""),
+    )
+
+
+def _job_from_row(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        server_id=row["server_id"],
+        user_id=row["user_id"],
+        provider=row["provider"],
+        state=JobState(row["state"]),
+        spec=spec_from_dict(json.loads(row["spec"])),
+        destination=Destination(
+            platform=row["platform"],
+            server_id=row["dest_server_id"],
+            channel_id=row["channel_id"],
+            user_id=row["dest_user_id"],
+            thread_id=row["thread_id"],
+            status_message_id=row["status_message_id"],
+        ),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        task_id=row["task_id"],
+        token_hash=row["token_hash"],
+        reason=row["reason"],
+        progress=row["progress"],
+        result_blob=row["result_blob"],
+        result_size=row["result_size"],
+        result_duration=row["result_duration"],
+        submitted_at=row["submitted_at"],
+        finished_at=row["finished_at"],
+        next_poll_at=row["next_poll_at"],
+        poll_count=row["poll_count"],
+        cost_estimate=row["cost_estimate"],
+    )
+
+
+def _job_values(job: Job) -> tuple[object, ...]:
+    dest = job.destination
+    spec = json.dumps(spec_to_dict(job.spec), ensure_ascii=False, separators=(",", ":"))
+    return (
+        job.id,
+        job.server_id,
+        job.user_id,
+        job.provider,
+        job.state.value,
+        spec,
+        dest.platform,
+        dest.server_id,
+        dest.user_id,
+        dest.channel_id,
+        dest.thread_id,
+        dest.status_message_id,
+        job.task_id,
+        job.token_hash,
+        job.reason,
+        job.progress,
+        job.result_blob,
+        job.result_size,
+        job.result_duration,
+        job.cost_estimate,
+        job.created_at,
+        job.updated_at,
+        job.submitted_at,
+        job.finished_at,
+        job.next_poll_at,
+        job.poll_count,
+    )
+
+
+def _checked_fields(fields: Mapping[str, object]) -> dict[str, object]:
+    unknown = sorted(set(fields) - UPDATABLE_FIELDS)
+    if unknown:
+        raise ValueError(
+            f"cannot set job field(s) {', '.join(unknown)}; "
+            f"settable: {', '.join(sorted(UPDATABLE_FIELDS))} (state changes through move)"
+        )
+    return dict(fields)
+
+
+def _assignments(values: Mapping[str, object]) -> str:
+    # Column names come from UPDATABLE_FIELDS or this module, never from outside.
+    return ", ".join(f"{column} = ?" for column in values)
+
+
+class SqliteJobStore:
+    """``JobStore`` over the bot's database. A job's server must exist (``ensure_server``)."""
+
+    def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def create(self, job: Job, blobs: Sequence[str]) -> None:
+        """Write a new ``queued`` job, its first event, and the blobs it refers to (role
+        ``reference``), in one transaction."""
+        if job.state is not JobState.QUEUED:
+            raise ValueError(f"a new job starts queued, not {job.state.value}")
+        placeholders = ", ".join("?" for _ in _INSERT_COLUMNS)
+        async with self._db.transaction() as tx:
+            await tx.execute(
+                f"INSERT INTO jobs ({', '.join(_INSERT_COLUMNS)}) VALUES ({placeholders})",
+                _job_values(job),
+            )
+            await tx.execute(
+                "INSERT INTO job_events (job_id, at, from_state, to_state) VALUES (?, ?, NULL, ?)",
+                (job.id, job.created_at, job.state.value),
+            )
+            await tx.executemany(
+                "INSERT OR IGNORE INTO job_blobs (job_id, blob, role) VALUES (?, ?, 'reference')",
+                [(job.id, blob) for blob in blobs],
+            )
+
+    async def get(self, job_id: str) -> Job | None:
+        row = await self._db.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _job_from_row(row) if row else None
+
+    async def move(
+        self, job_id: str, new: JobState, *, detail: str = "", **fields: object
+    ) -> Job | None:
+        """Move a job forward, set ``fields`` and record the event, in one transaction.
+
+        Answers the updated job, or ``None`` (changing nothing) when the job is unknown or the
+        move is not forward from its stored state. ``finished_at`` is set on reaching a final
+        state and ``submitted_at`` on reaching ``submitted``, unless ``fields`` give them.
+        """
+        values = _checked_fields(fields)
+        async with self._db.transaction() as tx:
+            row = await tx.fetchone("SELECT state FROM jobs WHERE id = ?", (job_id,))
+            if row is None:
+                return None
+            old = JobState(row["state"])
+            if not old.can_move_to(new):
+                return None
+            now = self._clock()
+            if new.is_final:
+                values.setdefault("finished_at", now)
+            if new is JobState.SUBMITTED:
+                values.setdefault("submitted_at", now)
+            values.update(state=new.value, updated_at=now)
+            await tx.execute(
+                f"UPDATE jobs SET {_assignments(values)} WHERE id = ?", (*values.values(), job_id)
+            )
+            await tx.execute(
+                "INSERT INTO job_events (job_id, at, from_state, to_state, detail)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (job_id, now, old.value, new.value, detail),
+            )
+            updated = await tx.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _job_from_row(updated) if updated else None
+
+    async def update(self, job_id: str, **fields: object) -> Job:
+        """Set fields other than the state (progress, poll schedule, task and message ids…)."""
+        values = _checked_fields(fields)
+        values["updated_at"] = self._clock()
+        async with self._db.transaction() as tx:
+            outcome = await tx.execute(
+                f"UPDATE jobs SET {_assignments(values)} WHERE id = ?", (*values.values(), job_id)
+            )
+            if outcome.rowcount == 0:
+                raise LookupError(f"no job with id {job_id}")
+            row = await tx.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if row is None:
+            raise LookupError(f"no job with id {job_id}")
+        return _job_from_row(row)
+
+    async def unfinished(self) -> Sequence[Job]:
+        """Jobs not in a final state, oldest first: what to resume after a restart."""
+        rows = await self._db.fetchall(
+            f"SELECT * FROM jobs WHERE {UNFINISHED_CONDITION} ORDER BY created_at, rowid"
+        )
+        return [_job_from_row(row) for row in rows]
+
+    async def recent_for_user(self, server_id: str, user_id: str, limit: int) -> Sequence[Job]:
+        """The user's latest jobs in the server, newest first."""
+        rows = await self._db.fetchall(
+            "SELECT * FROM jobs WHERE server_id = ? AND user_id = ?"
+            " ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            (server_id, user_id, limit),
+        )
+        return [_job_from_row(row) for row in rows]
+
+    async def add_blob(self, job_id: str, blob: str, role: str) -> None:
+        """Record that the job holds on to a blob (e.g. its ``result``); repeats are ignored."""
+        await self._db.execute(
+            "INSERT OR IGNORE INTO job_blobs (job_id, blob, role) VALUES (?, ?, ?)",
+            (job_id, blob, role),
+        )
+
+    async def events(self, job_id: str) -> list[Event]:
+        """The job's history, oldest first: (time, from state or None, to state, detail)."""
+        rows = await self._db.fetchall(
+            "SELECT at, from_state, to_state, detail FROM job_events WHERE job_id = ? ORDER BY id",
+            (job_id,),
+        )
+        return [(row["at"], row["from_state"], row["to_state"], row["detail"]) for row in rows]
