@@ -1,0 +1,153 @@
+"""Standard Webhooks signing and checking (https://www.standardwebhooks.com/).
+
+The storyboard provider and our GPU worker sign their callbacks this way, and Replicate does too,
+so one implementation serves them all. It is written on ``hmac`` directly rather than on the
+``standardwebhooks`` package because that package decodes bodies as UTF-8, cannot be given a
+clock, and fails with a bare ``ValueError`` on a malformed signature list; here every rejection is
+a ``WebhookRejected`` whose message says what was wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from bot.errors import ConfigurationError, WebhookRejected
+
+SECRET_PREFIX = "whsec_"
+#: How far a webhook's timestamp may be from our clock, either way (the specification's 5 minutes).
+DEFAULT_TOLERANCE = 300
+
+_ID = "webhook-id"
+_TIMESTAMP = "webhook-timestamp"
+_SIGNATURE = "webhook-signature"
+
+
+def new_secret() -> str:
+    """A fresh signing secret in the specification's form: ``whsec_`` and 24 random bytes."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(24)).decode("ascii")
+
+
+def _key(secret: str) -> bytes:
+    """The HMAC key: the base64-decoded part of ``whsec_<base64>``."""
+    encoded = secret.removeprefix(SECRET_PREFIX)
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if not key:
+        raise ConfigurationError(
+            "The webhook signing secret is not valid: expected whsec_ followed by base64 text."
+        )
+    return key
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``v1,<base64>`` signature of ``{msg_id}.{timestamp}.{body}``."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+def signed_headers(
+    secret: str, body: bytes, *, msg_id: str | None = None, timestamp: int | None = None
+) -> dict[str, str]:
+    """The three headers of a signed webhook.
+
+    A retried delivery should pass the first attempt's ``msg_id`` so the receiver can tell it is
+    the same message; the timestamp is the attempt's own (now, unless given).
+    """
+    msg_id = msg_id or "msg_" + secrets.token_urlsafe(18)
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    return {
+        _ID: msg_id,
+        _TIMESTAMP: str(timestamp),
+        _SIGNATURE: sign(secret, msg_id, timestamp, body),
+    }
+
+
+def verify(
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    now: float | None = None,
+    tolerance: int = DEFAULT_TOLERANCE,
+) -> None:
+    """Raise ``WebhookRejected`` unless ``body`` was signed with ``secret`` recently.
+
+    Header names are compared without regard to case. The signature header may hold several
+    space-separated signatures (the sender is rotating keys); any ``v1`` one that matches is
+    enough, and versions we do not know are skipped.
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    msg_id = lowered.get(_ID, "").strip()
+    raw_timestamp = lowered.get(_TIMESTAMP, "").strip()
+    signatures = lowered.get(_SIGNATURE, "").strip()
+    missing = [
+        name
+        for name, value in ((_ID, msg_id), (_TIMESTAMP, raw_timestamp), (_SIGNATURE, signatures))
+        if not value
+    ]
+    if missing:
+        raise WebhookRejected(
+            f"The webhook is missing the {', '.join(missing)} header(s); "
+            "a signed webhook carries webhook-id, webhook-timestamp and webhook-signature."
+        )
+    try:
+        timestamp = int(raw_timestamp)
+    except ValueError:
+        raise WebhookRejected(
+            f"The webhook-timestamp header “{raw_timestamp[:40]}” is not a whole number of "
+            "seconds since 1970."
+        ) from None
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance:
+        raise WebhookRejected(
+            f"The webhook's timestamp is {abs(current - timestamp):.0f} s away from our clock; "
+            f"at most {tolerance} s either way is accepted."
+        )
+    expected = sign(secret, msg_id, timestamp, body).encode("ascii")
+    # Every entry is compared (no early exit) so timing says nothing about which one matched.
+    matched = False
+    for entry in signatures.split():
+        version, _, _ = entry.partition(",")
+        if version == "v1" and hmac.compare_digest(entry.encode("ascii", "replace"), expected):
+            matched = True
+    if not matched:
+        raise WebhookRejected(
+            "The webhook's signature does not match its body: it was altered or signed with "
+            "another secret."
+        )
+
+
+def load_or_create_secret(path: Path) -> str:
+    """The signing secret kept in ``path``, made (readable by its owner alone) at first start."""
+    try:
+        secret = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        secret = new_secret()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            # Another process made it between our read and our create: theirs wins.
+            return load_or_create_secret(path)
+        with os.fdopen(fd, "w", encoding="ascii") as file:
+            file.write(secret + "\n")
+        return secret
+    try:
+        _key(secret)
+    except ConfigurationError:
+        raise ConfigurationError(
+            f"The webhook secret in {path} is not valid: expected whsec_ followed by base64 "
+            "text. Delete the file to have a new one made."
+        ) from None
+    return secret
