@@ -90,6 +90,10 @@ class Settings(BaseSettings):
         0.0, description="extra seconds the storyboard waits before rendering (for demos and tests)"
     )
 
+    console_delivery_delay_seconds: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="seconds the console waits before delivering (for demos and tests)"
+    )
+
     dashscope_api_key: SecretStr | None = _env("DASHSCOPE_API_KEY")
     wavespeed_api_key: SecretStr | None = _env("WAVESPEED_API_KEY")
     freepik_api_key: SecretStr | None = _env("FREEPIK_API_KEY")
@@ -113,6 +117,11 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
 
     @field_validator("log_level")
     @classmethod
@@ -145,7 +154,7 @@ class Settings(BaseSettings):
 
     @property
     def provider_order(self) -> list[str]:
-        """The providers to try, in order: ``R2V_PROVIDER``, else the first keyed, else storyboard."""
+        """Providers to try in order: ``R2V_PROVIDER``, else the first keyed, else storyboard."""
         if self.provider:
             return [p.strip().lower() for p in self.provider.split(",") if p.strip()]
         return self.configured_providers[:1] or ["storyboard"]

@@ -214,12 +214,16 @@ class SqliteJobStore:
         self._clock = clock
 
     async def create(self, job: Job, blobs: Sequence[str]) -> None:
-        """Write a new ``queued`` job, its first event, and the blobs it refers to (role
-        ``reference``), in one transaction."""
+        """Write a new ``queued`` job, its server (when new), its first event, and the blobs it
+        refers to (role ``reference``), in one transaction."""
         if job.state is not JobState.QUEUED:
             raise ValueError(f"a new job starts queued, not {job.state.value}")
         placeholders = ", ".join("?" for _ in _INSERT_COLUMNS)
         async with self._db.transaction() as tx:
+            await tx.execute(
+                "INSERT OR IGNORE INTO servers (id, platform, created_at) VALUES (?, ?, ?)",
+                (job.server_id, job.destination.platform, job.created_at),
+            )
             await tx.execute(
                 f"INSERT INTO jobs ({', '.join(_INSERT_COLUMNS)}) VALUES ({placeholders})",
                 _job_values(job),

@@ -1,0 +1,295 @@
+"""The core's front door: a plain command request in, a plain reply out.
+
+Like slack-bolt's ``AsyncApp.async_dispatch``, adapters translate their platform's events into a
+``CommandRequest`` and render the ``Reply``; everything a command decides happens here and in the
+modules it calls (roster, compose, jobs), never in an adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bot import commands, media
+from bot.compose import GenerateOptions, RefSource, compose
+from bot.errors import R2VError, Refusal
+from bot.jobs import JobEngine
+from bot.models import (
+    Character,
+    CommandRequest,
+    Destination,
+    IncomingFile,
+    MediaKind,
+    Reply,
+    Visibility,
+)
+from bot.ports import BlobStore
+from bot.roster import Roster, describe_items
+from bot.status import elapsed
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[CommandRequest, dict[str, Any]], Awaitable[Reply]]
+
+
+class Core:
+    def __init__(
+        self,
+        roster: Roster,
+        engine: JobEngine,
+        blobs: BlobStore,
+        *,
+        workdir: Path,
+        provider_order: Sequence[str],
+        limits: media.MediaLimits = media.DEFAULT_LIMITS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.roster = roster
+        self.engine = engine
+        self._blobs = blobs
+        self._workdir = workdir
+        self._provider_order = list(provider_order)
+        self._limits = limits
+        self._clock = clock
+        self._handlers: Mapping[str, Handler] = {
+            "character create": self._character_create,
+            "character add": self._character_add,
+            "character remove": self._character_remove,
+            "character show": self._character_show,
+            "character list": self._character_list,
+            "character rename": self._character_rename,
+            "character delete": self._character_delete,
+            "generate": self._generate,
+            "jobs": self._jobs,
+            "cancel": self._cancel,
+            "help": self._help,
+        }
+
+    async def dispatch(self, request: CommandRequest) -> Reply:
+        """Run one command. Refusals come back as replies with a code; nothing escapes."""
+        command = commands.find(request.command)
+        if command is None:
+            return Reply(
+                f"There is no command /{request.command}. Try /help.", code="unknown_command"
+            )
+        try:
+            if command.admin_only and not request.actor.is_admin:
+                raise Refusal(f"/{command.name} is for server admins.", code="not_allowed")
+            options = commands.coerce(command, request.options)
+            return await self._handlers[command.name](request, options)
+        except R2VError as exc:
+            return Reply(exc.message, code=exc.code)
+        except Exception:
+            log.exception("command /%s failed", command.name)
+            return Reply(
+                "Something went wrong on our side; the error was logged. Please try again.",
+                code="internal_error",
+            )
+
+    # -- characters ------------------------------------------------------------------------
+
+    async def _character_create(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
+        kinds = {
+            "image": MediaKind.IMAGE,
+            "image2": MediaKind.IMAGE,
+            "image3": MediaKind.IMAGE,
+            "video": MediaKind.VIDEO,
+            "voice": MediaKind.VOICE,
+        }
+        files = [(kind, _file(o[name])) for name, kind in kinds.items() if name in o]
+        character = await self.roster.create(
+            request.actor,
+            o["name"],
+            files,
+            description=o.get("description", ""),
+            visibility=Visibility(o.get("visibility", "public")),
+        )
+        return Reply(
+            f"Saved {character.name}: {_contents(character)} ({character.visibility}). "
+            f"Use it with @{character.name} in /generate.",
+            data={"character": character.name},
+        )
+
+    async def _character_add(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
+        item = await self.roster.add(request.actor, o["name"], _file(o["file"]))
+        return Reply(f"Added a {item.kind} ({item.info.describe()}) to {o['name']}.")
+
+    async def _character_remove(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
+        item = await self.roster.remove(request.actor, o["name"], o["item"])
+        return Reply(f"Removed {o['item']} ({item.info.describe()}) from {o['name']}.")
+
+    async def _character_show(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
+        c = await self.roster.show(request.actor, o["name"])
+        lines = [f"{c.name} · by {c.owner_id} · {c.visibility}"]
+        if c.description:
+            lines.append(c.description)
+        names = describe_items(c).split(", ")
+        ordered = [*c.images, *([c.video] if c.video else []), *([c.voice] if c.voice else [])]
+        for name, item in zip(names, ordered, strict=True):
+            primary = " (primary)" if item is c.primary else ""
+            lines.append(f"  {name}: {item.info.describe()}{primary}")
+        return Reply("\n".join(lines), data={"character": c.name})
+
+    async def _character_list(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
+        page = await self.roster.page(request.actor, owner=o.get("owner"), number=o["page"])
+        if not page.total:
+            return Reply(
+                "No characters yet. Save one with /character create.", data={"characters": []}
+            )
+        lines = [f"Characters (page {page.number} of {page.pages}, {page.total} in all):"]
+        for c in page.characters:
+            private = " · private" if c.visibility is Visibility.PRIVATE else ""
+            lines.append(f"  {c.name} — {_contents(c)} · by {c.owner_id}{private}")
+        if page.number < page.pages:
+            lines.append(f"Next: /character list page:{page.number + 1}")
+        return Reply("\n".join(lines), data={"characters": [c.name for c in page.characters]})
+
+    async def _character_rename(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
+        old, new = await self.roster.rename(request.actor, o["name"], o["new"])
+        return Reply(f"Renamed {old.name} to {new}.")
+
+    async def _character_delete(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
+        c = await self.roster.delete(request.actor, o["name"])
+        return Reply(f"Deleted {c.name}.")
+
+    # -- generation ------------------------------------------------------------------------
+
+    async def _generate(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
+        provider_name = (o.get("provider") or self._default_provider()).lower()
+        provider = self.engine.provider(provider_name)
+        options = GenerateOptions(
+            duration=o["duration"],
+            resolution=o["resolution"],
+            aspect_ratio=o["aspect"],
+            seed=o.get("seed"),
+            negative_prompt=o.get("negative", ""),
+        )
+        characters = await self.roster.usable(request.actor)
+        attachments, blobs = await self._attachments(o)
+        try:
+            composition = compose(
+                o["prompt"],
+                characters=characters,
+                attachments=attachments,
+                capabilities=provider.capabilities,
+                options=options,
+            )
+            if o["dry_run"]:
+                await self._blobs.discard_unused(blobs)
+                return Reply(
+                    composition.describe(),
+                    data={
+                        "prompt": composition.prompt,
+                        "slots": [
+                            {
+                                "label": r.label,
+                                "source": r.source,
+                                "kind": str(r.kind),
+                                "voice": r.voice_blob is not None,
+                            }
+                            for r in composition.references
+                        ],
+                        "provider": provider_name,
+                    },
+                )
+            actor = request.actor
+            destination = Destination(
+                platform=actor.platform,
+                server_id=actor.server_id,
+                channel_id=request.channel_id,
+                user_id=actor.user_id,
+                thread_id=request.thread_id,
+            )
+            job = await self.engine.create(actor, destination, composition.to_spec(), provider_name)
+        except BaseException:
+            await self._blobs.discard_unused(blobs)
+            raise
+        notes = "".join(f"\n{n}" for n in composition.notes)
+        return Reply(f"Queued job {job.id} on {provider_name}.{notes}", job_id=job.id)
+
+    def _default_provider(self) -> str:
+        for name in self._provider_order:
+            if name in self.engine.provider_names:
+                return name
+        if self.engine.provider_names:
+            return self.engine.provider_names[0]
+        raise Refusal(
+            "No video provider is set up on this bot; ask its operator.", code="configuration_error"
+        )
+
+    async def _attachments(self, o: dict[str, Any]) -> tuple[list[RefSource], list[str]]:
+        """Check and store the files attached to /generate (@ref1, @ref2…), in order."""
+        sources: list[RefSource] = []
+        blobs: list[str] = []
+        try:
+            for name in ("ref1", "ref2", "ref3"):
+                if name not in o:
+                    continue
+                checked = await media.check_file(_file(o[name]), self._workdir, limits=self._limits)
+                try:
+                    if checked.info.kind is MediaKind.VOICE:
+                        raise Refusal(
+                            f"{name} is a voice clip; references must be images or videos. "
+                            "Give voices to characters with /character add.",
+                            code="invalid_media",
+                        )
+                    blob = await self._blobs.put_file(checked.path)
+                finally:
+                    checked.path.unlink(missing_ok=True)
+                blobs.append(blob)
+                sources.append(
+                    RefSource(
+                        kind=checked.info.kind,
+                        blob=blob,
+                        mime=checked.info.mime,
+                        duration=checked.info.duration,
+                    )
+                )
+        except BaseException:
+            await self._blobs.discard_unused(blobs)
+            raise
+        return sources, blobs
+
+    async def _jobs(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
+        jobs = await self.engine.recent(request.actor)
+        if not jobs:
+            return Reply("You have no jobs yet. Make one with /generate.", data={"jobs": []})
+        now = self._clock()
+        lines = ["Your recent jobs:"]
+        for job in jobs:
+            prompt = job.spec.original_prompt
+            prompt = prompt if len(prompt) <= 50 else prompt[:49] + "…"
+            lines.append(
+                f"  {job.id} · {job.state} · {job.spec.duration}s {job.spec.resolution} · "
+                f"{elapsed(now - job.created_at)} ago · “{prompt}”"
+            )
+        return Reply(
+            "\n".join(lines), data={"jobs": [{"id": j.id, "state": str(j.state)} for j in jobs]}
+        )
+
+    async def _cancel(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
+        job = await self.engine.cancel(request.actor, o["job"])
+        return Reply(f"Cancelled job {job.id}.", job_id=job.id)
+
+    async def _help(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
+        return Reply(commands.help_text(o.get("command"), is_admin=request.actor.is_admin))
+
+
+def _file(value: object) -> IncomingFile:
+    if not isinstance(value, IncomingFile):
+        raise Refusal("Attach a file for this option.", code="invalid_option")
+    return value
+
+
+def _contents(c: Character) -> str:
+    parts = []
+    if c.images:
+        parts.append(f"{len(c.images)} image" + ("s" if len(c.images) > 1 else ""))
+    if c.video:
+        parts.append("1 video")
+    if c.voice:
+        parts.append("1 voice clip")
+    return ", ".join(parts)
