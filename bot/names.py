@@ -22,7 +22,9 @@ def name_key(name: str) -> str:
 def check_name(name: str) -> str:
     name = name.strip().lstrip("@")
     if not NAME_PATTERN.fullmatch(name):
-        raise Refusal(f"“{name}” is not a valid character name: use {NAME_RULE}.", code="invalid_name")
+        raise Refusal(
+            f"“{name}” is not a valid character name: use {NAME_RULE}.", code="invalid_name"
+        )
     if RESERVED.fullmatch(name):
         raise Refusal(
             f"“{name}” is reserved: @ref1, @ref2… name the files attached to /generate. "

@@ -112,7 +112,7 @@ class Provider(Protocol):
         """Ask the provider to stop; answer whether it said it would."""
         ...
 
-    def check_webhook(self, headers: Mapping[str, str], body: bytes) -> None:
+    async def check_webhook(self, headers: Mapping[str, str], body: bytes) -> None:
         """Raise ``WebhookRejected`` unless the provider's signature checks out."""
         ...
 
@@ -178,9 +178,7 @@ class CharacterStore(Protocol):
 
     async def get(self, server_id: str, name: str) -> Character | None: ...
 
-    async def list(
-        self, server_id: str, *, owner_id: str | None = None
-    ) -> Sequence[Character]: ...
+    async def list(self, server_id: str, *, owner_id: str | None = None) -> Sequence[Character]: ...
 
     async def count(self, server_id: str) -> int: ...
 

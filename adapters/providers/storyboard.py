@@ -172,6 +172,7 @@ class StoryboardProvider:
         # Signing once here turns a malformed secret into a ConfigurationError at start-up
         # rather than a failure at the first finished task.
         webhooks.sign(webhook_secret, "msg_check", 0, b"")
+        workdir = workdir.resolve()  # results are handed out as file URIs, which must be absolute
         self._tasks_dir = workdir / "tasks"
         self._results_dir = workdir / "results"
         self._secret = webhook_secret

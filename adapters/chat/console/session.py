@@ -1,0 +1,71 @@
+"""Reading console lines, turning them into core requests, and printing the replies."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from adapters.chat.console.chat import ConsoleOutput
+from adapters.local_files import local_file
+from bot import commands
+from bot.core import Core
+from bot.errors import R2VError
+from bot.models import Actor, CommandRequest, Reply
+
+PROMPT = "r2v> "
+BANNER = (
+    "r2v console — type /help for the commands, Ctrl-D to quit.\n"
+    'Try: /character create name:alice image:./alice.png, then /generate prompt:"@alice waves"'
+)
+
+
+def to_request(line: str, actor: Actor, *, base: Path) -> CommandRequest:
+    """A console line as a core request; attachment options become local files."""
+    parsed = commands.parse_line(line)
+    options: dict[str, Any] = {}
+    for name, value in parsed.values.items():
+        option = parsed.command.option(name)
+        if option is not None and option.type is commands.OptionType.ATTACHMENT and value:
+            path = Path(value).expanduser()
+            options[name] = local_file(path if path.is_absolute() else base / path)
+        else:
+            options[name] = value
+    return CommandRequest(
+        actor=actor, command=parsed.command.name, options=options, channel_id="console"
+    )
+
+
+async def run_console(
+    core: Core,
+    output: ConsoleOutput,
+    actor: Actor,
+    *,
+    stdin: TextIO | None = None,
+    interactive: bool = False,
+    wait: bool = True,
+) -> None:
+    """Run commands from ``stdin`` one after another; at its end wait for unfinished jobs."""
+    stream = stdin or sys.stdin
+    base = Path.cwd()
+    if interactive:
+        print(BANNER, file=sys.stderr)
+    while True:
+        if interactive:
+            sys.stderr.write(PROMPT)
+            sys.stderr.flush()
+        line = await asyncio.to_thread(stream.readline)
+        if not line:
+            break
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            request = to_request(text, actor, base=base)
+        except R2VError as exc:
+            output.reply(Reply(exc.message, code=exc.code))
+            continue
+        output.reply(await core.dispatch(request))
+    if wait:
+        await core.engine.wait_idle()

@@ -1,0 +1,122 @@
+"""The ``r2v`` command line (also ``python -m bot``): run, console, doctor, worker, version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from bot import __version__
+from bot.errors import ConfigurationError
+from bot.settings import Settings, load_settings
+
+log = logging.getLogger("r2v")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="r2v",
+        description="r2v-bot: character-consistent videos made together in chat.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("run", help="start the chat adapters whose tokens are set (else the console)")
+    console = sub.add_parser("console", help="chat with the bot in this terminal")
+    console.add_argument("--server", default="default", help="the server (roster) to use")
+    console.add_argument("--user", default=os.environ.get("USER", "you"), help="your user name")
+    console.add_argument("--admin", action="store_true", help="act as a server admin")
+    console.add_argument(
+        "--json", action="store_true", help="one JSON object per post on stdout, nothing else"
+    )
+    console.add_argument(
+        "--no-wait", action="store_true", help="exit at the end of input without waiting for jobs"
+    )
+    sub.add_parser("doctor", help="check the set-up and say what is wrong")
+    sub.add_parser("worker", help="run the local GPU worker service")
+    sub.add_parser("version", help="print the version")
+    samples = sub.add_parser("samples", help="write small sample media to try the bot with")
+    samples.add_argument("folder", nargs="?", default="samples", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command or "run"
+    if command == "version":
+        print(f"r2v-bot {__version__}")
+        return 0
+    if command == "samples":
+        from bot.samples import write_samples
+
+        for path in write_samples(args.folder):
+            print(path)
+        return 0
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        print(f"r2v: {exc.message}", file=sys.stderr)
+        return 2
+    _configure_logging(settings)
+    if command == "doctor":
+        from bot.doctor import run_doctor
+
+        return asyncio.run(run_doctor(settings))
+    if command == "worker":
+        print("r2v: the local GPU worker is not part of this version yet.", file=sys.stderr)
+        return 2
+    if command == "run":
+        platforms = settings.chat_platforms
+        if platforms:
+            print(
+                f"r2v: {', '.join(platforms)} tokens are set, but the chat adapters for them are "
+                "not part of this version yet. Unset them to use the console.",
+                file=sys.stderr,
+            )
+            return 2
+        args = _parser().parse_args(["console"])
+    return _run_console(settings, args)
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _run_console(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.app import run_console
+
+    try:
+        return asyncio.run(
+            run_console(
+                settings,
+                server=args.server,
+                user=args.user,
+                admin=args.admin,
+                as_json=args.json,
+                wait=not args.no_wait,
+            )
+        )
+    except KeyboardInterrupt:
+        return 130
+    except ConfigurationError as exc:
+        print(f"r2v: {exc.message}", file=sys.stderr)
+        return 2
+
+
+def writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,136 @@
+"""``r2v doctor``: check the set-up and say, line by line, what works and what to fix.
+
+Part of the composition root: it opens the real storage to prove it works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bot.cli import writable
+from bot.settings import HOSTED_PROVIDERS, PROVIDER_KEY_FIELDS, Settings, env_name
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    ok: bool
+    text: str
+    essential: bool = True
+
+
+def _encode_h264() -> str:
+    """Encode a few frames with PyAV's H.264 encoder, in memory; answer the codec's name."""
+    import av
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for i in range(4):
+            picture = Image.new("RGB", (64, 64), (i * 40, 0, 0))
+            frame = av.VideoFrame.from_image(picture)  # type: ignore[no-untyped-call]
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return str(stream.codec_context.name)
+
+
+async def checks(settings: Settings) -> list[Check]:
+    from storage.db import Database
+
+    results: list[Check] = []
+    data = settings.data_dir
+    ok = await asyncio.to_thread(writable, data)
+    results.append(
+        Check(
+            ok,
+            f"data folder {data} is {'writable' if ok else 'NOT writable'}"
+            + ("" if ok else " — set R2V_DATA_DIR to a folder the bot may write to"),
+        )
+    )
+    if ok:
+        try:
+            db = await Database.open(settings.database_path)
+            version = await db.schema_version()
+            await db.close()
+            results.append(
+                Check(True, f"database {settings.database_path} opens (schema version {version})")
+            )
+        except Exception as exc:
+            results.append(Check(False, f"database {settings.database_path} fails: {exc}"))
+    try:
+        codec = await asyncio.to_thread(_encode_h264)
+        results.append(Check(True, f"PyAV encodes H.264 ({codec})"))
+    except Exception as exc:
+        results.append(Check(False, f"PyAV cannot encode H.264: {exc}"))
+
+    platforms = settings.chat_platforms
+    results.append(
+        Check(
+            True,
+            "chat: "
+            + (
+                ", ".join(platforms)
+                if platforms
+                else "no chat token set — `r2v run` opens the console"
+            ),
+            essential=False,
+        )
+    )
+    keyed = [p for p in HOSTED_PROVIDERS if settings.provider_key(p) is not None]
+    for name in keyed:
+        results.append(
+            Check(
+                True,
+                f"provider {name}: {env_name(PROVIDER_KEY_FIELDS[name])} is "
+                "set (its client arrives in a later version)",
+                essential=False,
+            )
+        )
+    results.append(Check(True, "provider storyboard: offline, always available", essential=False))
+    results.append(
+        Check(
+            True, f"default provider order: {', '.join(settings.provider_order)}", essential=False
+        )
+    )
+    if settings.public_url:
+        results.append(
+            Check(
+                True,
+                f"public URL {settings.public_url}: providers can call webhooks",
+                essential=False,
+            )
+        )
+    else:
+        results.append(
+            Check(
+                True,
+                "no R2V_PUBLIC_URL: hosted providers are polled (no webhooks)",
+                essential=False,
+            )
+        )
+    return results
+
+
+async def run_doctor(settings: Settings, out: Callable[[str], None] = print) -> int:
+    results = await checks(settings)
+    for check in results:
+        out(f"{'✓' if check.ok else '✗'} {check.text}")
+    failed = [c for c in results if c.essential and not c.ok]
+    if failed:
+        out(f"{len(failed)} problem(s) found.")
+        return 1
+    out("All good.")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from bot.settings import load_settings
+
+    sys.exit(asyncio.run(run_doctor(load_settings())))
