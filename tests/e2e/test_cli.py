@@ -1,0 +1,96 @@
+"""The command line: start-up errors, doctor, version, and `r2v run` falling back to the console."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.errors import ConfigurationError
+from bot.settings import load_settings
+from tests.e2e.console import CLEARED
+
+
+def r2v(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k not in CLEARED}
+    environment.update({"R2V_DATA_DIR": str(tmp_path / "data"), "R2V_HTTP_PORT": "0"})
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        cwd=tmp_path,
+        env=environment,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("R2V_HTTP_PORT", "eighty", "R2V_HTTP_PORT='eighty' is not accepted: expected a TCP port"),
+        ("R2V_HTTP_PORT", "70000", "R2V_HTTP_PORT='70000' is not accepted"),
+        ("R2V_PUBLIC_URL", "bot.example.com", "R2V_PUBLIC_URL='bot.example.com' is not accepted"),
+        ("R2V_USER_OPEN_JOBS", "0", "R2V_USER_OPEN_JOBS='0' is not accepted"),
+        ("R2V_STORYBOARD_LABELS", "fancy", "expected separate, videos_first, compact or character"),
+    ],
+)
+def test_a_bad_setting_stops_start_up_with_one_line(
+    tmp_path: Path, variable: str, value: str, expected: str
+) -> None:
+    result = r2v(tmp_path, "run", env={variable: value})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    assert not (tmp_path / "data").exists(), "nothing starts with a bad setting"
+
+
+def test_settings_come_from_dotenv_and_keys_pick_the_provider(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in CLEARED:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("R2V_HTTP_PORT=9123\nWAVESPEED_API_KEY=secret-key\n")
+    settings = load_settings()
+    assert settings.http_port == 9123
+    assert settings.provider_order == ["wavespeed"]
+    assert "secret-key" not in repr(settings), "secrets are never shown"
+    monkeypatch.setenv("R2V_PROVIDER", "WaveSpeed, fal")
+    assert load_settings().provider_order == ["wavespeed", "fal"]
+    monkeypatch.setenv("R2V_LOG_LEVEL", "chatty")
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    assert caught.value.message.startswith("R2V_LOG_LEVEL='chatty'")
+
+
+def test_doctor_checks_the_set_up(tmp_path: Path) -> None:
+    result = r2v(tmp_path, "doctor")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "✓ PyAV encodes H.264" in result.stdout
+    assert "database" in result.stdout and "schema version 1" in result.stdout
+    assert "All good." in result.stdout
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    bad = r2v(tmp_path, "doctor", env={"R2V_DATA_DIR": str(blocked / "data")})
+    assert bad.returncode == 1
+    assert "NOT writable" in bad.stdout
+
+
+def test_run_without_tokens_is_the_console(tmp_path: Path) -> None:
+    result = r2v(tmp_path, "run", stdin="/help\n/character list\n")
+    assert result.returncode == 0, result.stderr
+    assert "/character create" in result.stdout
+    assert "No characters yet." in result.stdout
+
+
+def test_version(tmp_path: Path) -> None:
+    result = r2v(tmp_path, "version")
+    assert result.returncode == 0 and result.stdout.startswith("r2v-bot ")
