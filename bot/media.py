@@ -56,7 +56,7 @@ RESULT_FIRST_FRAMES: Final = 3
 _WRITE_SIZE = MiB
 _HEAD_SIZE = 64
 
-_FORMAT_NAMES: Final = {
+FORMAT_NAMES: Final = {
     "image/jpeg": "JPEG",
     "image/png": "PNG",
     "image/bmp": "BMP",
@@ -66,14 +66,14 @@ _FORMAT_NAMES: Final = {
     "audio/wav": "WAV",
     "audio/mpeg": "MP3",
 }
-_NOUNS: Final = {MediaKind.IMAGE: "image", MediaKind.VIDEO: "video", MediaKind.VOICE: "voice clip"}
+NOUNS: Final = {MediaKind.IMAGE: "image", MediaKind.VIDEO: "video", MediaKind.VOICE: "voice clip"}
 _ARTICLES: Final = {
     MediaKind.IMAGE: "an image",
     MediaKind.VIDEO: "a video",
     MediaKind.VOICE: "a voice clip",
 }
 #: The FFmpeg demuxer that reads each accepted container; naming it means no probing.
-_DEMUXERS: Final = {
+DEMUXERS: Final = {
     "video/mp4": "mov",
     "video/quicktime": "mov",
     "audio/wav": "wav",
@@ -82,7 +82,7 @@ _DEMUXERS: Final = {
 #: Pillow's reader for each accepted image format. Using the reader directly (not Image.open)
 #: restricts parsing to the format the magic bytes named and leaves the pixel-count check to us,
 #: with no global ``Image.MAX_IMAGE_PIXELS`` to tune and no warnings.
-_IMAGE_READERS: Final[dict[str, Callable[[str], ImageFile.ImageFile]]] = {
+IMAGE_READERS: Final[dict[str, Callable[[str], ImageFile.ImageFile]]] = {
     "image/jpeg": JpegImagePlugin.JpegImageFile,
     "image/png": PngImagePlugin.PngImageFile,
     "image/bmp": BmpImagePlugin.BmpImageFile,
@@ -140,12 +140,12 @@ class MediaLimits:
 
     def formats(self, kind: MediaKind) -> str:
         """The accepted formats of ``kind`` for a message: "JPEG, PNG, BMP or WEBP"."""
-        return _or_list([name for mime, name in _FORMAT_NAMES.items() if mime in self.types(kind)])
+        return _or_list([name for mime, name in FORMAT_NAMES.items() if mime in self.types(kind)])
 
     def all_formats(self) -> str:
         """Every accepted format, grouped by kind: "JPEG, PNG, BMP, WEBP; MP4, MOV; WAV, MP3"."""
         return "; ".join(
-            ", ".join(name for mime, name in _FORMAT_NAMES.items() if mime in self.types(kind))
+            ", ".join(name for mime, name in FORMAT_NAMES.items() if mime in self.types(kind))
             for kind in MediaKind
         )
 
@@ -181,7 +181,7 @@ async def receive(
     refusals.
     """
     if file.declared_size is not None and file.declared_size > max_bytes:
-        raise _too_large(_amount(file.declared_size), max_bytes, kind)
+        raise _too_large(describe_amount(file.declared_size), max_bytes, kind)
     path = await asyncio.to_thread(_new_temp_file, workdir)
     try:
         received = await _stream_to(path, file.open(), max_bytes, kind)
@@ -265,7 +265,7 @@ async def _stream_to(
             async for chunk in chunks:
                 received += len(chunk)
                 if received > max_bytes:
-                    raise _too_large(f"over {_amount(max_bytes)}", max_bytes, kind)
+                    raise _too_large(f"over {describe_amount(max_bytes)}", max_bytes, kind)
                 pending += chunk
                 if len(pending) >= _WRITE_SIZE:
                     await asyncio.to_thread(out.write, bytes(pending))
@@ -311,7 +311,7 @@ def _check_received(received: Path, expect: MediaKind | None, limits: MediaLimit
         width, height = _save_clean(image, info.mime, final)
     except Exception as exc:
         final.unlink(missing_ok=True)
-        fmt = _FORMAT_NAMES[info.mime]
+        fmt = FORMAT_NAMES[info.mime]
         raise InvalidMedia(
             f"This {fmt} image could not be re-saved without its metadata; send it as another "
             f"image ({limits.formats(MediaKind.IMAGE)})."
@@ -355,20 +355,19 @@ def _examine(
     if found is None:
         raise _unrecognised(head, limits, expect)
     kind, mime = found
-    fmt = _FORMAT_NAMES[mime]
+    fmt = FORMAT_NAMES[mime]
     if expect is not None and kind is not expect:
         raise InvalidMedia(
             f"This file is {_ARTICLES[kind]} ({fmt}); {_wanted(expect, limits)} is expected here."
         )
     if mime not in limits.types(kind):
         raise InvalidMedia(
-            f"{fmt} {_NOUNS[kind]}s are not accepted; {_NOUNS[kind]}s must be "
-            f"{limits.formats(kind)}."
+            f"{fmt} {NOUNS[kind]}s are not accepted; {NOUNS[kind]}s must be {limits.formats(kind)}."
         )
     if size > limits.max_bytes(kind):
         raise InvalidMedia(
-            f"This {_NOUNS[kind]} is {_amount(size)}; {_NOUNS[kind]}s may be at most "
-            f"{_amount(limits.max_bytes(kind))}."
+            f"This {NOUNS[kind]} is {describe_amount(size)}; {NOUNS[kind]}s may be at most "
+            f"{describe_amount(limits.max_bytes(kind))}."
         )
     if kind is MediaKind.IMAGE:
         image, width, height = _read_image(path, mime, limits)
@@ -429,7 +428,7 @@ def _unrecognised(head: bytes, limits: MediaLimits, expect: MediaKind | None) ->
             kind = expect or kind or MediaKind.IMAGE
             return InvalidMedia(
                 f"This file is {description}, which is not accepted; "
-                f"{_NOUNS[kind]}s must be {limits.formats(kind)}."
+                f"{NOUNS[kind]}s must be {limits.formats(kind)}."
             )
     if expect is not None:
         return InvalidMedia(
@@ -445,18 +444,18 @@ def _unrecognised(head: bytes, limits: MediaLimits, expect: MediaKind | None) ->
 
 def _read_image(path: Path, mime: str, limits: MediaLimits) -> tuple[ImageFile.ImageFile, int, int]:
     """Open an image by its header, check its pixel size, then decode it all."""
-    fmt = _FORMAT_NAMES[mime]
+    fmt = FORMAT_NAMES[mime]
     try:
-        image = _IMAGE_READERS[mime](str(path))
+        image = IMAGE_READERS[mime](str(path))
     except Exception as exc:  # Decoders of untrusted bytes fail in many ways; all mean unreadable.
-        raise _damaged(f"This {fmt} image", MediaKind.IMAGE, limits) from exc
+        raise damaged_media(f"This {fmt} image", MediaKind.IMAGE, limits) from exc
     try:
         width, height = image.size
         _check_pixels(width, height, limits)
         try:
             image.load()
         except Exception as exc:
-            raise _damaged(f"This {fmt} image", MediaKind.IMAGE, limits) from exc
+            raise damaged_media(f"This {fmt} image", MediaKind.IMAGE, limits) from exc
     except BaseException:
         image.close()
         raise
@@ -491,7 +490,7 @@ def _save_clean(image: ImageFile.ImageFile, mime: str, dest: Path) -> tuple[int,
         if sampling >= 0:
             params["subsampling"] = sampling
     elif mime == "image/webp":
-        params = {"lossless": True} if _webp_is_lossless(image) else {"quality": 90}
+        params = {"lossless": True} if webp_is_lossless(image) else {"quality": 90}
     elif mime == "image/png":
         # zlib level 3 is as small as the default 6 on photos and noise, and 2-3× faster.
         params = {"compress_level": 3}
@@ -501,7 +500,7 @@ def _save_clean(image: ImageFile.ImageFile, mime: str, dest: Path) -> tuple[int,
         {"transparency": image.info["transparency"]} if "transparency" in image.info else {}
     )
     pixels.info = kept
-    pixels.save(dest, format=_FORMAT_NAMES[mime], **params)
+    pixels.save(dest, format=FORMAT_NAMES[mime], **params)
     return pixels.size
 
 
@@ -523,7 +522,7 @@ def _srgb() -> ImageCms.ImageCmsProfile:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
-def _webp_is_lossless(image: ImageFile.ImageFile) -> bool:
+def webp_is_lossless(image: ImageFile.ImageFile) -> bool:
     """Whether a WEBP's first image chunk is ``VP8L`` (lossless) rather than ``VP8 ``."""
     if not isinstance(image.filename, str) or not image.filename:
         return False
@@ -549,12 +548,12 @@ def _probe_clip(
     path: Path, kind: MediaKind, mime: str, size: int, limits: MediaLimits
 ) -> MediaInfo:
     """Open a video or voice clip with its own demuxer; check its stream, frames and length."""
-    fmt = _FORMAT_NAMES[mime]
+    fmt = FORMAT_NAMES[mime]
     what = f"This {fmt} file"
     try:
-        container = av.open(str(path), format=_DEMUXERS[mime])
+        container = av.open(str(path), format=DEMUXERS[mime])
     except Exception as exc:
-        raise _damaged(what, kind, limits) from exc
+        raise damaged_media(what, kind, limits) from exc
     with container:
         if kind is MediaKind.VIDEO:
             if not container.streams.video:
@@ -583,24 +582,24 @@ def _probe_clip(
         try:
             next(iter(container.decode(stream)))
             container.seek(0)
-            end, count, _ = _scan_packets(container, stream)
+            end, count, _ = scan_packets(container, stream)
         except Exception as exc:
-            raise _damaged(what, kind, limits) from exc
+            raise damaged_media(what, kind, limits) from exc
         if stream.frames and count < stream.frames:
-            raise _damaged(what, kind, limits)  # its index lists frames that are not there
-        duration = _clip_duration(container, stream, end)
+            raise damaged_media(what, kind, limits)  # its index lists frames that are not there
+        duration = clip_duration(container, stream, end)
     if duration is None:
-        raise _damaged(what, kind, limits)
+        raise damaged_media(what, kind, limits)
     low, high = limits.durations(kind)
     if not low - DURATION_SLACK_S <= duration <= high + DURATION_SLACK_S:
         raise InvalidMedia(
-            f"This {_NOUNS[kind]} is {duration:.1f} s long; {_NOUNS[kind]}s must be "
+            f"This {NOUNS[kind]} is {duration:.1f} s long; {NOUNS[kind]}s must be "
             f"{low:g}–{high:g} s long."
         )
     return MediaInfo(kind, mime, size, width or None, height or None, round(duration, 3))
 
 
-def _clip_duration(container: InputContainer, stream: Stream, end: int | None) -> float | None:
+def clip_duration(container: InputContainer, stream: Stream, end: int | None) -> float | None:
     """A stream's length in seconds: as its header or its container's states it, or else up to
     ``end``, where its last packet ends (in the stream's time base)."""
     if stream.duration and stream.time_base:
@@ -612,7 +611,7 @@ def _clip_duration(container: InputContainer, stream: Stream, end: int | None) -
     return float((end - (stream.start_time or 0)) * stream.time_base)
 
 
-def _scan_packets(container: InputContainer, stream: Stream) -> tuple[int | None, int, int | None]:
+def scan_packets(container: InputContainer, stream: Stream) -> tuple[int | None, int, int | None]:
     """Demux every packet of ``stream`` without decoding: its end time, count and last keyframe."""
     end: int | None = None
     count = 0
@@ -641,7 +640,7 @@ def _inspect_result(path: Path) -> MediaInfo:
         raise InvalidMedia(f"{what} is not an MP4 or MOV file.")
     mime = found[1]
     try:
-        container = av.open(str(path), format=_DEMUXERS[mime])
+        container = av.open(str(path), format=DEMUXERS[mime])
     except Exception as exc:
         raise InvalidMedia(f"{what} cannot be read: it is damaged or incomplete.") from exc
     with container:
@@ -651,7 +650,7 @@ def _inspect_result(path: Path) -> MediaInfo:
         try:
             first = sum(1 for _ in islice(container.decode(stream), RESULT_FIRST_FRAMES))
             container.seek(0)
-            end, count, last_key = _scan_packets(container, stream)
+            end, count, last_key = scan_packets(container, stream)
             complete = count > 0 and (not stream.frames or count >= stream.frames)
             last = 0
             if complete and last_key is not None:
@@ -665,7 +664,7 @@ def _inspect_result(path: Path) -> MediaInfo:
                 f"({count} of {stream.frames or '?'} packets present)."
             )
         width, height = stream.codec_context.width, stream.codec_context.height
-        duration = _clip_duration(container, stream, end)
+        duration = clip_duration(container, stream, end)
     return MediaInfo(
         MediaKind.VIDEO,
         mime,
@@ -680,14 +679,16 @@ def _inspect_result(path: Path) -> MediaInfo:
 
 
 def _too_large(amount: str, max_bytes: int, kind: MediaKind | None) -> InvalidMedia:
-    noun = f"{_NOUNS[kind]}s" if kind else "files"
-    return InvalidMedia(f"This file is {amount}; {noun} may be at most {_amount(max_bytes)}.")
+    noun = f"{NOUNS[kind]}s" if kind else "files"
+    return InvalidMedia(
+        f"This file is {amount}; {noun} may be at most {describe_amount(max_bytes)}."
+    )
 
 
-def _damaged(what: str, kind: MediaKind, limits: MediaLimits) -> InvalidMedia:
+def damaged_media(what: str, kind: MediaKind, limits: MediaLimits) -> InvalidMedia:
     return InvalidMedia(
         f"{what} cannot be read: it is damaged or incomplete. Send it again, or send another "
-        f"{_NOUNS[kind]} ({limits.formats(kind)})."
+        f"{NOUNS[kind]} ({limits.formats(kind)})."
     )
 
 
@@ -699,7 +700,7 @@ def _anything(limits: MediaLimits) -> str:
     return f"an image, video or voice clip ({limits.all_formats()})"
 
 
-def _amount(size: int) -> str:
+def describe_amount(size: int) -> str:
     """A size for a message, in MB as limits are stated (KB below one), rounded up so a file a
     byte over a limit never reads as equal to it."""
     if size >= MiB:
