@@ -101,19 +101,7 @@ def verify(
             f"The webhook is missing the {', '.join(missing)} header(s); "
             "a signed webhook carries webhook-id, webhook-timestamp and webhook-signature."
         )
-    try:
-        timestamp = int(raw_timestamp)
-    except ValueError:
-        raise WebhookRejected(
-            f"The webhook-timestamp header “{raw_timestamp[:40]}” is not a whole number of "
-            "seconds since 1970."
-        ) from None
-    current = time.time() if now is None else now
-    if abs(current - timestamp) > tolerance:
-        raise WebhookRejected(
-            f"The webhook's timestamp is {abs(current - timestamp):.0f} s away from our clock; "
-            f"at most {tolerance} s either way is accepted."
-        )
+    timestamp = check_timestamp(raw_timestamp, now=now, tolerance=tolerance)
     expected = sign(secret, msg_id, timestamp, body).encode("ascii")
     # Every entry is compared (no early exit) so timing says nothing about which one matched.
     matched = False
@@ -126,6 +114,34 @@ def verify(
             "The webhook's signature does not match its body: it was altered or signed with "
             "another secret."
         )
+
+
+def check_timestamp(
+    raw: str, *, now: float | None = None, tolerance: int = DEFAULT_TOLERANCE
+) -> int:
+    """A webhook timestamp (unix seconds) within ``tolerance`` of our clock, or a rejection.
+
+    Shared by every signing scheme: a replayed webhook carries its old timestamp.
+    """
+    try:
+        timestamp = int(raw.strip())
+    except ValueError:
+        raise WebhookRejected(
+            f"The webhook timestamp “{raw[:40]}” is not a whole number of seconds since 1970."
+        ) from None
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance:
+        raise WebhookRejected(
+            f"The webhook's timestamp is {abs(current - timestamp):.0f} s away from our clock; "
+            f"at most {tolerance} s either way is accepted."
+        )
+    return timestamp
+
+
+def header(headers: Mapping[str, str], name: str) -> str:
+    """A header's value whatever the case of its name ('' when absent)."""
+    wanted = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == wanted), "").strip()
 
 
 def load_or_create_secret(path: Path) -> str:

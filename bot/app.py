@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
@@ -21,18 +22,24 @@ import httpx
 from adapters.chat.console import ConsoleChat, ConsoleOutput
 from adapters.chat.console import run_console as console_session
 from adapters.http import HttpServer, build_app
+from adapters.http.media import MediaLinks, media_route
+from adapters.metrics import CONTENT_TYPE, PrometheusMetrics
+from adapters.providers.base import ProviderContext
+from adapters.providers.registry import hosted_providers
 from adapters.providers.storyboard import StoryboardProvider
 from adapters.webhooks import load_or_create_secret
 from bot.core import Core
 from bot.jobs import EngineLimits, JobEngine
 from bot.models import Actor
 from bot.ports import ChatPort, Provider
+from bot.prompt_filter import PromptFilter
 from bot.roster import Roster
 from bot.settings import Settings
 from storage.blobs import FileBlobStore
 from storage.characters import SqliteCharacterStore
 from storage.db import Database
 from storage.jobs import SqliteJobStore
+from storage.servers import SqliteServerStore
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +52,21 @@ class App:
     engine: JobEngine
     http: HttpServer
     providers: Mapping[str, Provider]
+    metrics: PrometheusMetrics
     _stack: AsyncExitStack
 
     async def close(self) -> None:
         await self._stack.aclose()
 
 
-async def build(settings: Settings, chats: Mapping[str, ChatPort]) -> App:
-    """Open storage, start the HTTP server and the providers, resume unfinished jobs."""
+async def build(
+    settings: Settings, chats: Mapping[str, ChatPort], *, http_socket: socket.socket | None = None
+) -> App:
+    """Open storage, start the HTTP server and the providers, resume unfinished jobs.
+
+    ``http_socket``: an already bound socket to serve on (tests bind port 0 themselves, so they
+    know the public URL before the bot starts).
+    """
     stack = AsyncExitStack()
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -63,7 +77,14 @@ async def build(settings: Settings, chats: Mapping[str, ChatPort]) -> App:
         client = await stack.enter_async_context(
             httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
         )
-        providers = await _providers(settings, client, stack)
+        metrics = PrometheusMetrics()
+        links = MediaLinks(
+            load_or_create_secret(settings.data_dir / "secrets" / "media.key").encode(),
+            settings.public_url,
+            ttl_seconds=settings.media_link_seconds,
+        )
+        context = ProviderContext(settings, client, links, metrics)
+        providers = await _providers(context, stack)
         http: HttpServer | None = None
 
         def webhook_base(provider: str) -> str | None:
@@ -86,6 +107,8 @@ async def build(settings: Settings, chats: Mapping[str, ChatPort]) -> App:
                 max_result_bytes=settings.max_result_bytes,
             ),
             webhook_base=webhook_base,
+            workdir=settings.data_dir / "tmp",
+            metrics=metrics,
         )
         stack.push_async_callback(engine.close)
 
@@ -96,7 +119,14 @@ async def build(settings: Settings, chats: Mapping[str, ChatPort]) -> App:
                 return {"ok": False, "database": False}
             return {"ok": True, "database": True, "open_jobs": open_jobs}
 
-        http = HttpServer(build_app(engine, health), settings.http_host, settings.http_port)
+        web_app = build_app(
+            engine,
+            health,
+            routes=[media_route(links, blobs.path)],
+            metrics=metrics.exposition,
+            metrics_type=CONTENT_TYPE,
+        )
+        http = HttpServer(web_app, settings.http_host, settings.http_port, sock=http_socket)
         await http.start()
         stack.push_async_callback(http.close)
         log.info("HTTP server listening on %s", http.local_url)
@@ -108,27 +138,39 @@ async def build(settings: Settings, chats: Mapping[str, ChatPort]) -> App:
             workdir,
             max_per_server=settings.max_characters_per_server,
         )
-        core = Core(roster, engine, blobs, workdir=workdir, provider_order=settings.provider_order)
+        core = Core(
+            roster,
+            engine,
+            blobs,
+            SqliteServerStore(db),
+            workdir=workdir,
+            provider_order=settings.provider_order,
+            public_url=settings.public_url,
+            prompt_filter=PromptFilter.from_file(settings.prompt_blocklist),
+        )
         await engine.start()
-        return App(settings, db, core, engine, http, providers, stack)
+        return App(settings, db, core, engine, http, providers, metrics, stack)
     except BaseException:
         await stack.aclose()
         raise
 
 
-async def _providers(
-    settings: Settings, client: httpx.AsyncClient, stack: AsyncExitStack
-) -> dict[str, Provider]:
-    storyboard = StoryboardProvider(
+async def _providers(context: ProviderContext, stack: AsyncExitStack) -> dict[str, Provider]:
+    """The storyboard (always) and every hosted provider whose key is set, all started."""
+    settings = context.settings
+    providers: dict[str, Provider] = dict(hosted_providers(context))
+    providers["storyboard"] = StoryboardProvider(
         settings.data_dir / "storyboard",
         webhook_secret=load_or_create_secret(settings.data_dir / "secrets" / "storyboard.whsec"),
-        client=client,
+        client=context.client,
         label_style=settings.storyboard_labels,
         render_delay=settings.storyboard_render_seconds,
     )
-    await storyboard.start()
-    stack.push_async_callback(storyboard.close)
-    return {"storyboard": storyboard}
+    for name, provider in providers.items():
+        await provider.start()
+        stack.push_async_callback(provider.close)
+        log.info("provider %s ready", name)
+    return providers
 
 
 async def run_console(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bot.cli import writable
-from bot.settings import HOSTED_PROVIDERS, PROVIDER_KEY_FIELDS, Settings, env_name
+from bot.settings import PROVIDER_KEY_FIELDS, Settings, env_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,16 +83,7 @@ async def checks(settings: Settings) -> list[Check]:
             essential=False,
         )
     )
-    keyed = [p for p in HOSTED_PROVIDERS if settings.provider_key(p) is not None]
-    for name in keyed:
-        results.append(
-            Check(
-                True,
-                f"provider {name}: {env_name(PROVIDER_KEY_FIELDS[name])} is "
-                "set (its client arrives in a later version)",
-                essential=False,
-            )
-        )
+    results.extend(await _provider_checks(settings))
     results.append(Check(True, "provider storyboard: offline, always available", essential=False))
     results.append(
         Check(
@@ -115,6 +106,36 @@ async def checks(settings: Settings) -> list[Check]:
                 essential=False,
             )
         )
+    return results
+
+
+async def _provider_checks(settings: Settings) -> list[Check]:
+    """For each provider whose key is set: one cheap authenticated call, and webhook readiness."""
+    import httpx
+
+    from adapters.http.media import MediaLinks
+    from adapters.providers.base import ProviderContext
+    from adapters.providers.registry import factory
+
+    results: list[Check] = []
+    async with httpx.AsyncClient(timeout=httpx.Timeout(15.0)) as client:
+        context = ProviderContext(settings, client, MediaLinks(b"doctor", settings.public_url))
+        for name in settings.configured_providers:
+            variable = env_name(PROVIDER_KEY_FIELDS[name])
+            try:
+                check = await factory(name)(context).check_key()
+            except Exception as exc:
+                results.append(Check(False, f"provider {name}: the check failed ({exc})", False))
+                continue
+            if not check.ok:
+                results.append(
+                    Check(False, f"provider {name}: {variable} is not accepted — {check.detail}")
+                )
+                continue
+            hooks = "webhooks usable" if check.webhooks else "polled (no webhooks)"
+            results.append(
+                Check(True, f"provider {name}: key accepted ({check.detail}); {hooks}", False)
+            )
     return results
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from bot.models import Character, CharacterMedia, Job, JobState, MediaKind, Visibility
+from bot.quotas import ServerSettings, Usage
 
 
 class LabelStyle(enum.StrEnum):
@@ -23,6 +24,31 @@ class LabelStyle(enum.StrEnum):
     VIDEOS_FIRST = "videos_first"  # Video 1, Video 2, Image 3
     COMPACT = "compact"  # Image1, Video1
     CHARACTER = "character"  # character1, character2
+
+
+@dataclass(frozen=True, slots=True)
+class PriceTable:
+    """What a provider charges, in USD: per second of output by resolution, exact prices where
+    the provider lists them by duration, and whether seconds of reference video are billed too."""
+
+    per_second: Mapping[str, float] = field(default_factory=dict)
+    by_duration: Mapping[tuple[str, int], float] = field(default_factory=dict)
+    bills_reference_video: bool = False
+
+    def estimate(
+        self, resolution: str, seconds: int, reference_video_seconds: float = 0.0
+    ) -> float | None:
+        exact = self.by_duration.get((resolution, seconds))
+        rate = self.per_second.get(resolution)
+        if exact is None and rate is None:
+            return None
+        price = exact if exact is not None else (rate or 0.0) * seconds
+        if self.bills_reference_video and rate is not None:
+            price += rate * reference_video_seconds
+        return round(price, 4)
+
+
+FREE = PriceTable(per_second={"720p": 0.0, "1080p": 0.0})
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,14 +68,34 @@ class Capabilities:
     needs_public_media: bool = False
     max_prompt_chars: int = 5000
     max_negative_chars: int = 500
-    price_per_second: Mapping[str, float] = field(default_factory=dict)
+    prices: PriceTable = FREE
+    #: Limits references are fitted to before submission (resized, trimmed, re-encoded).
+    max_image_side: int = 8000
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_video_bytes: int = 100 * 1024 * 1024
+    max_reference_seconds: float = 5.0
+    max_voice_seconds: float = 10.0
+    #: Some providers take fewer images or videos than references in all (``None``: no limit).
+    max_images: int | None = None
+    max_videos: int | None = None
+    #: The exact lengths a provider makes, when it makes only some (``None``: any in range).
+    durations: tuple[int, ...] | None = None
+
+    def accepts_duration(self, seconds: int, has_video: bool) -> bool:
+        low, high = self.durations_for(has_video)
+        return low <= seconds <= high and (self.durations is None or seconds in self.durations)
+
+    def per_kind_limits(self) -> list[tuple[MediaKind, int]]:
+        limits = [(MediaKind.IMAGE, self.max_images), (MediaKind.VIDEO, self.max_videos)]
+        return [(kind, most) for kind, most in limits if most is not None]
 
     def durations_for(self, has_video: bool) -> tuple[int, int]:
         return self.video_durations if has_video else self.image_durations
 
-    def estimate(self, resolution: str, seconds: int) -> float | None:
-        rate = self.price_per_second.get(resolution)
-        return None if rate is None else round(rate * seconds, 4)
+    def estimate(
+        self, resolution: str, seconds: int, reference_video_seconds: float = 0.0
+    ) -> float | None:
+        return self.prices.estimate(resolution, seconds, reference_video_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +108,9 @@ class StagedReference:
     mime: str
     voice_path: Path | None = None
     voice_mime: str | None = None
+    #: The blobs behind ``path`` and ``voice_path``: signed ``/media`` links name them.
+    blob: str = ""
+    voice_blob: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +145,30 @@ class TaskStatus:
     queue_position: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class KeyCheck:
+    """``r2v doctor``'s answer for one provider: is its key accepted, can it use webhooks."""
+
+    ok: bool
+    detail: str
+    webhooks: bool = False
+
+
 class Provider(Protocol):
     """A reference-to-video service: hosted, our own GPU worker, or the offline storyboard."""
 
     @property
     def capabilities(self) -> Capabilities: ...
+
+    async def start(self) -> None:
+        """Get ready: fetch signing secrets, resume local work. Called once at start."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def check_key(self) -> KeyCheck:
+        """One cheap authenticated call: is the key accepted?"""
+        ...
 
     async def submit(self, request: ProviderRequest) -> str:
         """Start a task and answer its id. Never retried blindly after a timeout."""
@@ -226,3 +294,51 @@ class JobStore(Protocol):
     async def recent_for_user(self, server_id: str, user_id: str, limit: int) -> Sequence[Job]: ...
 
     async def add_blob(self, job_id: str, blob: str, role: str) -> None: ...
+
+    async def usage(self, server_id: str, since: float) -> Usage:
+        """Jobs created since ``since`` that reached (or are waiting for) a provider."""
+        ...
+
+
+class ServerStore(Protocol):
+    async def settings(self, server_id: str) -> ServerSettings: ...
+
+    async def save_settings(self, server_id: str, platform: str, value: ServerSettings) -> None: ...
+
+
+class Metrics(Protocol):
+    """What the bot counts and times; an adapter exports it (Prometheus at ``/metrics``)."""
+
+    def job_finished(self, provider: str, state: str) -> None: ...
+
+    def submit_latency(self, provider: str, seconds: float) -> None: ...
+
+    def time_to_result(self, provider: str, seconds: float) -> None: ...
+
+    def webhook_rejected(self, provider: str) -> None: ...
+
+    def delivered(self, platform: str) -> None: ...
+
+    def retried(self, provider: str) -> None: ...
+
+
+class NoMetrics:
+    """Counts nothing: the default when no exporter is wired."""
+
+    def job_finished(self, provider: str, state: str) -> None:
+        return None
+
+    def submit_latency(self, provider: str, seconds: float) -> None:
+        return None
+
+    def time_to_result(self, provider: str, seconds: float) -> None:
+        return None
+
+    def webhook_rejected(self, provider: str) -> None:
+        return None
+
+    def delivered(self, platform: str) -> None:
+        return None
+
+    def retried(self, provider: str) -> None:
+        return None

@@ -36,6 +36,9 @@ PROVIDER_KEY_FIELDS = {
 }
 
 
+_LABELS = "separate, videos_first, compact or character"
+
+
 def _env(name: str) -> Any:
     return Field(default=None, validation_alias=AliasChoices(name))
 
@@ -83,9 +86,7 @@ class Settings(BaseSettings):
     max_result_bytes: Annotated[int, Field(ge=1)] = Field(
         500 * 1024 * 1024, description="the largest result video accepted, in bytes"
     )
-    storyboard_labels: LabelStyle | None = Field(
-        None, description="separate, videos_first, compact or character"
-    )
+    storyboard_labels: LabelStyle | None = Field(None, description=_LABELS)
     storyboard_render_seconds: Annotated[float, Field(ge=0)] = Field(
         0.0, description="extra seconds the storyboard waits before rendering (for demos and tests)"
     )
@@ -102,6 +103,49 @@ class Settings(BaseSettings):
     inference_api_key: SecretStr | None = _env("INFERENCE_API_KEY")
     segmind_api_key: SecretStr | None = _env("SEGMIND_API_KEY")
 
+    # Each provider's base URL (scheme, host and port only) and label style, overridable because
+    # tests point clients at loopback fakes and the providers' own documents disagree on labels.
+    dashscope_base_url: str | None = Field(
+        None, description="an http(s) URL: scheme, host and port"
+    )
+    dashscope_labels: LabelStyle | None = Field(None, description=_LABELS)
+    wavespeed_base_url: str | None = Field(
+        None, description="an http(s) URL: scheme, host and port"
+    )
+    wavespeed_labels: LabelStyle | None = Field(None, description=_LABELS)
+    freepik_base_url: str | None = Field(None, description="an http(s) URL: scheme, host and port")
+    freepik_labels: LabelStyle | None = Field(None, description=_LABELS)
+    fal_base_url: str | None = Field(None, description="an http(s) URL: scheme, host and port")
+    fal_labels: LabelStyle | None = Field(None, description=_LABELS)
+    replicate_base_url: str | None = Field(
+        None, description="an http(s) URL: scheme, host and port"
+    )
+    replicate_labels: LabelStyle | None = Field(None, description=_LABELS)
+    inference_base_url: str | None = Field(
+        None, description="an http(s) URL: scheme, host and port"
+    )
+    inference_labels: LabelStyle | None = Field(None, description=_LABELS)
+    segmind_base_url: str | None = Field(None, description="an http(s) URL: scheme, host and port")
+    segmind_labels: LabelStyle | None = Field(None, description=_LABELS)
+    fal_queue_url: str | None = Field(None, description="an http(s) URL (queue.fal.run)")
+    fal_rest_url: str | None = Field(None, description="an http(s) URL (rest.fal.ai)")
+    fal_jwks_url: str | None = Field(None, description="the URL of fal's webhook key set")
+    wavespeed_webhook_secret: SecretStr | None = _env("WAVESPEED_WEBHOOK_SECRET")
+    replicate_webhook_secret: SecretStr | None = _env("REPLICATE_WEBHOOK_SECRET")
+    prices: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description='JSON: USD per second by provider and resolution, e.g. {"fal": {"720p": 0.1}}',
+    )
+    max_reference_seconds: Annotated[float, Field(gt=0, le=30)] = Field(
+        5.0, description="seconds of reference video sent to a provider (it bills them), 0–30"
+    )
+    media_link_seconds: Annotated[int, Field(ge=60)] = Field(
+        3600, description="how long a signed /media link stays valid, in seconds (at least 60)"
+    )
+    prompt_blocklist: Path | None = Field(
+        None, description="a text file of words or phrases refused in prompts, one a line"
+    )
+
     discord_token: SecretStr | None = _env("DISCORD_TOKEN")
     slack_bot_token: SecretStr | None = _env("SLACK_BOT_TOKEN")
     slack_app_token: SecretStr | None = _env("SLACK_APP_TOKEN")
@@ -109,7 +153,15 @@ class Settings(BaseSettings):
     discord_api_base: str | None = Field(None, description="an http(s) URL of a Discord REST API")
     slack_api_base: str | None = Field(None, description="an http(s) URL of a Slack Web API")
 
-    @field_validator("public_url", "discord_api_base", "slack_api_base")
+    @field_validator(
+        "public_url",
+        "discord_api_base",
+        "slack_api_base",
+        "fal_queue_url",
+        "fal_rest_url",
+        "fal_jwks_url",
+        *(f"{p}_base_url" for p in HOSTED_PROVIDERS),
+    )
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None or value == "":

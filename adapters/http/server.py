@@ -9,7 +9,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -26,7 +27,14 @@ HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
 ENGINE_KEY = web.AppKey("engine", JobEngine)
 
 
-def build_app(engine: JobEngine, health: HealthCheck) -> web.Application:
+def build_app(
+    engine: JobEngine,
+    health: HealthCheck,
+    *,
+    routes: Sequence[web.RouteDef] = (),
+    metrics: Callable[[], bytes] | None = None,
+    metrics_type: str = "text/plain; version=0.0.4; charset=utf-8",
+) -> web.Application:
     app = web.Application(client_max_size=MAX_WEBHOOK_BYTES)
     app[ENGINE_KEY] = engine
 
@@ -37,6 +45,16 @@ def build_app(engine: JobEngine, health: HealthCheck) -> web.Application:
 
     app.router.add_post("/hooks/{provider}/{job_id}", _webhook)
     app.router.add_get("/healthz", healthz)
+    if metrics is not None:
+        exposition = metrics
+
+        async def metrics_route(request: web.Request) -> web.Response:
+            response = web.Response(body=exposition())
+            response.headers["Content-Type"] = metrics_type
+            return response
+
+        app.router.add_get("/metrics", metrics_route)
+    app.router.add_routes(routes)
     return app
 
 
@@ -65,15 +83,23 @@ async def _webhook(request: web.Request) -> web.Response:
 class HttpServer:
     """Runs the application on a host and port; port 0 picks a free one (see ``port``)."""
 
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
+    def __init__(
+        self, app: web.Application, host: str, port: int, *, sock: socket.socket | None = None
+    ) -> None:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         self._host = host
         self._port = port
-        self.port = port
+        self._sock = sock
+        self.port = sock.getsockname()[1] if sock is not None else port
 
     async def start(self) -> None:
+        """Listen; with a socket given (already bound, e.g. by a test), listen on it."""
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
+        site: web.BaseSite
+        if self._sock is not None:
+            site = web.SockSite(self._runner, self._sock)
+        else:
+            site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []

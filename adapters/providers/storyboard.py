@@ -36,7 +36,9 @@ from adapters.providers.render import RenderCancelled, RenderSpec, render_storyb
 from bot.errors import ProviderError, R2VError
 from bot.models import MediaKind
 from bot.ports import (
+    FREE,
     Capabilities,
+    KeyCheck,
     LabelStyle,
     ProviderRequest,
     StagedReference,
@@ -189,16 +191,16 @@ class StoryboardProvider:
             voice=True,
             label_style=label_style or LabelStyle.SEPARATE,
             webhooks=True,
-            price_per_second={"720p": 0.0, "1080p": 0.0},
+            prices=FREE,
         )
 
     @property
     def capabilities(self) -> Capabilities:
         return self._capabilities
 
-    def estimate(self, resolution: str, seconds: int) -> float:
-        """The storyboard is free."""
-        return 0.0
+    async def check_key(self) -> KeyCheck:
+        """The storyboard needs no key; it renders on this machine."""
+        return KeyCheck(True, "offline, needs no key", webhooks=True)
 
     async def start(self) -> None:
         """Resume every task a previous run left pending or running, as a hosted provider would."""

@@ -13,7 +13,15 @@ from pathlib import Path
 
 from bot.errors import ProviderError, WebhookRejected
 from bot.models import Job, JobState
-from bot.ports import Capabilities, PostedStatus, ProviderRequest, TaskState, TaskStatus
+from bot.ports import (
+    Capabilities,
+    KeyCheck,
+    PostedStatus,
+    PriceTable,
+    ProviderRequest,
+    TaskState,
+    TaskStatus,
+)
 
 SIGNATURE_HEADER = "x-test-signature"
 GOOD_SIGNATURE = "good"
@@ -22,7 +30,9 @@ GOOD_SIGNATURE = "good"
 class ScriptedProvider:
     def __init__(self, result: Path, *, webhooks: bool = True) -> None:
         self.capabilities = Capabilities(
-            name="scripted", webhooks=webhooks, price_per_second={"720p": 0.1, "1080p": 0.16}
+            name="scripted",
+            webhooks=webhooks,
+            prices=PriceTable(per_second={"720p": 0.1, "1080p": 0.16}),
         )
         self.result = result
         self.submitted: list[ProviderRequest] = []
@@ -31,6 +41,15 @@ class ScriptedProvider:
         self.cancelled: list[str] = []
         self.submit_error: ProviderError | None = None
         self.download_chunks = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def check_key(self) -> KeyCheck:
+        return KeyCheck(True, "scripted")
 
     async def submit(self, request: ProviderRequest) -> str:
         if self.submit_error is not None:
