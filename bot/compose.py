@@ -59,6 +59,7 @@ class Composition:
     options: GenerateOptions
     label_style: LabelStyle
     notes: tuple[str, ...] = ()
+    template: str = ""
 
     def to_spec(self) -> JobSpec:
         """The job's fixed request, as stored with the job and submitted."""
@@ -71,6 +72,7 @@ class Composition:
             aspect_ratio=self.options.aspect_ratio,
             seed=self.options.seed,
             negative_prompt=self.options.negative_prompt,
+            template=self.template,
         )
 
     def describe(self) -> str:
@@ -130,7 +132,11 @@ def compose(
 
     style = label_style if label_style is not None else capabilities.label_style
     labels = _labels([slot.media_kind for slot in slots], style)
-    rewritten = "".join(labels[piece] if isinstance(piece, int) else piece for piece in pieces)
+    template = "".join(
+        f"{{{piece}}}" if isinstance(piece, int) else piece.replace("{", "{{").replace("}", "}}")
+        for piece in pieces
+    )
+    rewritten = template.format(*labels)
     _check_prompt_length(rewritten, capabilities)
 
     notes: list[str] = []
@@ -171,7 +177,14 @@ def compose(
         options=options,
         label_style=style,
         notes=tuple(notes),
+        template=template,
     )
+
+
+def relabel(template: str, kinds: Sequence[MediaKind], style: LabelStyle) -> tuple[str, list[str]]:
+    """A composed prompt in another label style, and the slots' new labels (for failover)."""
+    labels = _labels(kinds, style)
+    return template.format(*labels), labels
 
 
 def _checked_options(options: GenerateOptions, capabilities: Capabilities) -> GenerateOptions:
@@ -323,13 +336,28 @@ def _check_slot_count(slots: Sequence[_Slot], capabilities: Capabilities) -> Non
             f"takes at most {limit}. Mention fewer characters or attach fewer files.",
             code="too_many_references",
         )
+    for kind, most in capabilities.per_kind_limits():
+        sources = [slot.source for slot in slots if slot.media_kind is kind]
+        if len(sources) > most:
+            raise Refusal(
+                f"This request has {len(sources)} {kind.value} references "
+                f"({', '.join(sources)}), but {capabilities.name} takes at most {most}.",
+                code="too_many_references",
+            )
 
 
 def _check_duration(duration: int, slots: Sequence[_Slot], capabilities: Capabilities) -> None:
     has_video = any(slot.media_kind is MediaKind.VIDEO for slot in slots)
     low, high = capabilities.durations_for(has_video)
-    if low <= duration <= high:
+    if capabilities.accepts_duration(duration, has_video):
         return
+    if low <= duration <= high and capabilities.durations is not None:
+        allowed = [str(d) for d in capabilities.durations if low <= d <= high]
+        raise Refusal(
+            f"{capabilities.name} makes videos of {', '.join(allowed)} s only; "
+            f"{duration} s is not one of them.",
+            code="duration_out_of_range",
+        )
     if has_video:
         videos = ", ".join(s.source for s in slots if s.media_kind is MediaKind.VIDEO)
         reason = f"with a reference video ({videos}), {capabilities.name} makes {low}–{high} s"

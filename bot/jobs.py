@@ -19,23 +19,30 @@ import hashlib
 import hmac
 import logging
 import secrets
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
-from bot import media
+from bot import fitting, media
+from bot.compose import relabel
 from bot.errors import ProviderError, R2VError, Refusal, WebhookRejected
-from bot.models import Actor, Destination, Job, JobSpec, JobState
+from bot.models import Actor, Destination, Job, JobSpec, JobState, MediaKind
 from bot.ports import (
     BlobStore,
+    Capabilities,
     ChatPort,
     JobStore,
+    Metrics,
+    NoMetrics,
     Provider,
     ProviderRequest,
     StagedReference,
     TaskState,
     TaskStatus,
 )
+from bot.quotas import Usage
 from bot.status import delivery_text, status_text
 
 log = logging.getLogger(__name__)
@@ -57,6 +64,29 @@ class EngineLimits:
         """Seconds before the next status poll: backing off from the first, capped."""
         delay = self.poll_initial_seconds * self.poll_factor ** min(polls, 50)
         return float(min(delay, self.poll_max_seconds))
+
+
+def fit_spec(spec: JobSpec, capabilities: Capabilities) -> JobSpec | None:
+    """The spec as another provider must read it (its label style), or ``None`` if that
+    provider cannot take it (too many references, duration or size out of its range)."""
+    kinds = [r.kind for r in spec.references]
+    if (
+        len(kinds) > capabilities.max_references
+        or any(kinds.count(kind) > most for kind, most in capabilities.per_kind_limits())
+        or not capabilities.accepts_duration(spec.duration, MediaKind.VIDEO in kinds)
+        or spec.resolution not in capabilities.resolutions
+        or spec.aspect_ratio not in capabilities.aspect_ratios
+    ):
+        return None
+    if not spec.template:
+        return spec
+    prompt, labels = relabel(spec.template, kinds, capabilities.label_style)
+    if len(prompt) > capabilities.max_prompt_chars:
+        return None
+    references = tuple(
+        replace(r, label=label) for r, label in zip(spec.references, labels, strict=True)
+    )
+    return replace(spec, prompt=prompt, references=references)
 
 
 class UnknownJob(R2VError):
@@ -81,6 +111,8 @@ class JobEngine:
         *,
         limits: EngineLimits | None = None,
         webhook_base: Callable[[str], str | None] = lambda provider: None,
+        workdir: Path | None = None,
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -89,6 +121,8 @@ class JobEngine:
         self._chats = chats
         self._limits = limits or EngineLimits()
         self._webhook_base = webhook_base
+        self._workdir = workdir or Path(tempfile.gettempdir()) / "r2v-fitting"
+        self._metrics = metrics or NoMetrics()
         self._clock = clock
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._wakes: dict[str, asyncio.Event] = {}
@@ -170,6 +204,12 @@ class JobEngine:
         await self._pump()
         return job
 
+    async def usage(self, server_id: str, since: float) -> Usage:
+        return await self._store.usage(server_id, since)
+
+    async def job(self, job_id: str) -> Job | None:
+        return await self._store.get(job_id)
+
     async def recent(self, actor: Actor, limit: int = 10) -> Sequence[Job]:
         return await self._store.recent_for_user(actor.server_key, actor.user_id, limit)
 
@@ -193,15 +233,14 @@ class JobEngine:
         if job.task_id:
             with contextlib.suppress(R2VError):
                 await self.provider(job.provider).cancel(job.task_id)
-        moved = await self._store.move(
+        moved = await self._advance(
             job.id,
             JobState.CANCELLED,
             detail=f"by {actor.user_id}",
             reason=f"cancelled by {actor.mention}",
         )
-        if moved is None:
+        if moved is None or moved.state is not JobState.CANCELLED:
             raise Refusal(f"Job {job.id} ended before it could be cancelled.", code="job_finished")
-        await self._announce(moved)
         self._wake(job.id)
         self._changed.set()
         await self._pump()
@@ -222,9 +261,13 @@ class JobEngine:
         job = await self._store.get(job_id)
         if job is None or job.provider != provider:
             raise UnknownJob(f"No job {job_id} for provider {provider}.")
-        if not job.token_hash or not hmac.compare_digest(hash_token(token), job.token_hash):
-            raise WebhookRejected("The webhook's token does not match its job.")
-        await self.provider(provider).check_webhook(headers, body)
+        try:
+            if not job.token_hash or not hmac.compare_digest(hash_token(token), job.token_hash):
+                raise WebhookRejected("The webhook's token does not match its job.")
+            await self.provider(provider).check_webhook(headers, body)
+        except WebhookRejected:
+            self._metrics.webhook_rejected(provider)
+            raise
         if job.state.is_final:
             return
         if job.id not in self._drivers:
@@ -331,52 +374,90 @@ class JobEngine:
             asyncio.create_task(self._pump(), name="job-pump")  # noqa: RUF006
 
     async def _submit(self, job: Job) -> Job | None:
-        provider = self._providers.get(job.provider)
-        if provider is None:
-            return await self._fail(
-                job.id, f"the provider {job.provider} is no longer set up on this bot."
+        """Submit to the job's provider, moving down its fallbacks on capacity or server errors.
+
+        An authentication error never moves on: it is the bot's configuration, reported as such.
+        """
+        errors: list[str] = []
+        for name in (job.provider, *job.spec.fallbacks):
+            provider = self._providers.get(name)
+            if provider is None:
+                errors.append(f"{name} is not set up on this bot")
+                continue
+            request_spec = fit_spec(job.spec, provider.capabilities)
+            if request_spec is None:
+                errors.append(f"{name} cannot take this request")
+                continue
+            if name != job.provider:
+                log.info("job %s: moving from %s to %s", job.id, job.provider, name)
+                job = await self._store.update(
+                    job.id,
+                    provider=name,
+                    cost_estimate=provider.capabilities.estimate(
+                        job.spec.resolution, job.spec.duration
+                    ),
+                )
+                await self._announce(job)
+            try:
+                task_id = await self._submit_to(job, provider, request_spec)
+            except ProviderError as exc:
+                log.warning("job %s: %s did not take the job: %s", job.id, name, exc)
+                if exc.retryable:
+                    errors.append(exc.message)
+                    continue
+                return await self._fail(job.id, exc.message)
+            moved = await self._advance(
+                job.id,
+                JobState.SUBMITTED,
+                detail=f"{name}:{task_id}",
+                task_id=task_id,
+                submitted_at=self._clock(),
             )
+            if moved is None or moved.state is not JobState.SUBMITTED:
+                with contextlib.suppress(R2VError):  # cancelled while submitting
+                    await provider.cancel(task_id)
+            return moved
+        return await self._fail(job.id, "no provider could take the job: " + "; ".join(errors))
+
+    async def _submit_to(self, job: Job, provider: Provider, spec: JobSpec) -> str:
         token = secrets.token_urlsafe(24)
         base = self._webhook_base(job.provider) if provider.capabilities.webhooks else None
         webhook_url = f"{base}/hooks/{job.provider}/{job.id}?t={token}" if base else None
-        job = await self._store.update(job.id, token_hash=hash_token(token))
-        request = self._request(job, webhook_url)
-        try:
-            task_id = await provider.submit(request)
-        except ProviderError as exc:
-            log.warning("job %s: %s refused or failed the submit: %s", job.id, job.provider, exc)
-            return await self._fail(job.id, exc.message)
-        moved = await self._store.move(
-            job.id,
-            JobState.SUBMITTED,
-            detail=task_id,
-            task_id=task_id,
-            submitted_at=self._clock(),
-        )
-        if moved is None:  # cancelled while submitting: tell the provider too
-            with contextlib.suppress(R2VError):
-                await provider.cancel(task_id)
-            return await self._store.get(job.id)
-        await self._announce(moved)
-        return moved
+        await self._store.update(job.id, token_hash=hash_token(token))
+        request = await self._request(job, spec, provider.capabilities, webhook_url)
+        started = self._clock()
+        task_id = await provider.submit(request)
+        self._metrics.submit_latency(job.provider, self._clock() - started)
+        return task_id
 
-    def _request(self, job: Job, webhook_url: str | None) -> ProviderRequest:
-        spec = job.spec
-        references = tuple(
-            StagedReference(
-                label=r.label,
-                kind=r.kind,
-                path=self._blobs.path(r.blob),
-                mime=r.mime,
-                voice_path=self._blobs.path(r.voice_blob) if r.voice_blob else None,
-                voice_mime=r.voice_mime,
+    async def _request(
+        self, job: Job, spec: JobSpec, capabilities: Capabilities, webhook_url: str | None
+    ) -> ProviderRequest:
+        """The provider's request: references fitted to its limits, voices where it takes them."""
+        references = []
+        for ref in spec.references:
+            blob, mime = await self._fitted(job.id, ref.blob, ref.kind, ref.mime, capabilities)
+            voice_blob, voice_mime = None, None
+            if ref.voice_blob and ref.voice_mime and capabilities.voice:
+                voice_blob, voice_mime = await self._fitted(
+                    job.id, ref.voice_blob, MediaKind.VOICE, ref.voice_mime, capabilities
+                )
+            references.append(
+                StagedReference(
+                    label=ref.label,
+                    kind=ref.kind,
+                    path=self._blobs.path(blob),
+                    mime=mime,
+                    voice_path=self._blobs.path(voice_blob) if voice_blob else None,
+                    voice_mime=voice_mime,
+                    blob=blob,
+                    voice_blob=voice_blob,
+                )
             )
-            for r in spec.references
-        )
         return ProviderRequest(
             job_id=job.id,
             prompt=spec.prompt,
-            references=references,
+            references=tuple(references),
             duration=spec.duration,
             resolution=spec.resolution,
             aspect_ratio=spec.aspect_ratio,
@@ -384,6 +465,23 @@ class JobEngine:
             negative_prompt=spec.negative_prompt,
             webhook_url=webhook_url,
         )
+
+    async def _fitted(
+        self, job_id: str, blob: str, kind: MediaKind, mime: str, capabilities: Capabilities
+    ) -> tuple[str, str]:
+        """The blob as the provider may take it: itself, or a fitted copy kept with the job."""
+        fitted = await fitting.fit_reference(
+            self._blobs.path(blob), kind, mime, capabilities, self._workdir
+        )
+        if fitted is None:
+            return blob, mime
+        try:
+            copy = await self._blobs.put_file(fitted.path)
+        finally:
+            fitted.path.unlink(missing_ok=True)
+        await self._store.add_blob(job_id, copy, "fitted")
+        log.info("job %s: reference %s", job_id, fitted.note)
+        return copy, fitted.mime
 
     async def _follow(self, job: Job) -> Job | None:
         """Wait for a wake-up or the next poll, then refresh the job from its provider."""
@@ -415,12 +513,9 @@ class JobEngine:
             reason = status.error or "no reason given"
             return await self._fail(job.id, f"the provider could not make this video ({reason}).")
         if status.state is TaskState.CANCELLED:
-            moved = await self._store.move(
+            return await self._advance(
                 job.id, JobState.CANCELLED, reason="cancelled at the provider"
             )
-            if moved:
-                await self._announce(moved)
-            return moved or await self._store.get(job.id)
         started = job.submitted_at or job.created_at
         if self._clock() - started > self._limits.job_timeout_seconds:
             with contextlib.suppress(R2VError):
@@ -429,15 +524,11 @@ class JobEngine:
             return await self._fail(
                 job.id, f"the provider did not finish within {minutes} minutes; try again later."
             )
-        if status.state is TaskState.RUNNING:
-            if job.state is JobState.SUBMITTED:
-                moved = await self._store.move(job.id, JobState.RUNNING, progress=status.progress)
-                if moved:
-                    await self._announce(moved)
-                return moved or await self._store.get(job.id)
-            if status.progress is not None and status.progress != job.progress:
-                job = await self._store.update(job.id, progress=status.progress)
-                await self._announce(job)
+        if status.state is TaskState.RUNNING and job.state is JobState.SUBMITTED:
+            return await self._advance(job.id, JobState.RUNNING, progress=status.progress)
+        if status.progress is not None and status.progress != job.progress:
+            job = await self._store.update(job.id, progress=status.progress)
+            await self._announce(job)
         return job
 
     async def _fetch(self, job: Job, provider: Provider, status: TaskStatus) -> Job | None:
@@ -456,7 +547,8 @@ class JobEngine:
             if exc.code == "too_large":
                 return await self._fail(
                     job.id,
-                    f"the provider's video is larger than the {limit // (1024 * 1024)} MB limit.",
+                    f"the provider's video is larger than the {limit / (1024 * 1024):.1f} MB "
+                    "limit.",
                 )
             raise
         blob = writer.sha256
@@ -466,7 +558,8 @@ class JobEngine:
             info = await media.inspect_result(self._blobs.path(blob))
         except R2VError as exc:
             return await self._fail(job.id, f"the provider's video is unusable: {exc.message}")
-        moved = await self._store.move(
+        self._metrics.time_to_result(job.provider, self._clock() - (job.submitted_at or 0.0))
+        return await self._advance(
             job.id,
             JobState.DELIVERING,
             result_blob=blob,
@@ -474,25 +567,31 @@ class JobEngine:
             result_duration=info.duration,
             progress=1.0,
         )
-        if moved:
-            await self._announce(moved)
-        return moved or await self._store.get(job.id)
 
     async def _deliver(self, job: Job) -> Job | None:
         assert job.result_blob is not None
         chat = self._chat(job)
         await chat.deliver_video(job, self._blobs.path(job.result_blob), delivery_text(job))
-        moved = await self._store.move(job.id, JobState.DELIVERED)
-        if moved:
-            await self._announce(moved)
-        return moved or await self._store.get(job.id)
+        self._metrics.delivered(job.destination.platform)
+        return await self._advance(job.id, JobState.DELIVERED)
 
     async def _fail(self, job_id: str, reason: str) -> Job | None:
-        moved = await self._store.move(job_id, JobState.FAILED, detail=reason, reason=reason)
-        if moved is not None:
-            await self._announce(moved)
-            return moved
-        return await self._store.get(job_id)
+        return await self._advance(job_id, JobState.FAILED, detail=reason, reason=reason)
+
+    async def _advance(
+        self, job_id: str, state: JobState, *, detail: str = "", **fields: object
+    ) -> Job | None:
+        """Move the job forward (written first), then tell its chat and count it.
+
+        Answers the job as it now stands: moved, or unchanged when the move was not forward.
+        """
+        moved = await self._store.move(job_id, state, detail=detail, **fields)
+        if moved is None:
+            return await self._store.get(job_id)
+        if moved.state.is_final:
+            self._metrics.job_finished(moved.provider, str(moved.state))
+        await self._announce(moved)
+        return moved
 
     # -- talking to chat -------------------------------------------------------------------
 

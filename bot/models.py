@@ -241,6 +241,11 @@ class JobSpec:
     aspect_ratio: str
     seed: int | None = None
     negative_prompt: str = ""
+    #: The prompt with ``{0}``, ``{1}``… where the slot labels go (``str.format`` escaping), so
+    #: the prompt can be relabelled for another provider's label style on failover.
+    template: str = ""
+    #: Providers to move to, in order, when the chosen one fails for capacity or server errors.
+    fallbacks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from bot.models import Destination, Job, JobReference, JobSpec, JobState, MediaKind
+from bot.quotas import Usage
 from storage.db import UNFINISHED_CONDITION, Database
 
 #: Job fields ``move`` and ``update`` may set, as named on ``Job``/``Destination`` and in the
@@ -109,6 +110,8 @@ def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
         "aspect_ratio": spec.aspect_ratio,
         "seed": spec.seed,
         "negative_prompt": spec.negative_prompt,
+        "template": spec.template,
+        "fallbacks": list(spec.fallbacks),
     }
 
 
@@ -122,6 +125,8 @@ def spec_from_dict(data: Mapping[str, Any]) -> JobSpec:
         aspect_ratio=data["aspect_ratio"],
         seed=data.get("seed"),
         negative_prompt=data.get("negative_prompt", ""),
+        template=data.get("template", ""),
+        fallbacks=tuple(data.get("fallbacks", ())),
     )
 
 
@@ -305,6 +310,21 @@ class SqliteJobStore:
             (server_id, user_id, limit),
         )
         return [_job_from_row(row) for row in rows]
+
+    async def usage(self, server_id: str, since: float) -> Usage:
+        """Jobs created since ``since`` and their estimated cost, leaving out jobs that ended
+        before any provider took them (refused, or cancelled while waiting): nothing was spent."""
+        rows = await self._db.fetchall(
+            "SELECT user_id, COUNT(*) AS jobs, COALESCE(SUM(cost_estimate), 0) AS spend"
+            " FROM jobs WHERE server_id = ? AND created_at >= ?"
+            " AND NOT (state IN ('failed', 'cancelled') AND task_id IS NULL)"
+            " GROUP BY user_id",
+            (server_id, since),
+        )
+        return Usage(
+            jobs_by_user={row["user_id"]: int(row["jobs"]) for row in rows},
+            spend_usd=round(sum(float(row["spend"]) for row in rows), 4),
+        )
 
     async def add_blob(self, job_id: str, blob: str, role: str) -> None:
         """Record that the job holds on to a blob (e.g. its ``result``); repeats are ignored."""

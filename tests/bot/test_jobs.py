@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,7 @@ import pytest
 from bot.errors import ProviderError, Refusal, WebhookRejected
 from bot.jobs import EngineLimits, JobEngine, UnknownJob
 from bot.models import Actor, Destination, Job, JobReference, JobSpec, JobState, MediaKind
-from bot.ports import TaskState
+from bot.ports import LabelStyle, TaskState
 from storage.blobs import FileBlobStore
 from storage.db import Database
 from storage.jobs import SqliteJobStore
@@ -319,3 +319,60 @@ async def test_a_job_caught_delivering_is_delivered_once_on_restart(world: World
     await until(lambda: state_is(world, job.id, JobState.DELIVERED))
     await again.wait_idle()
     assert len(world.chat.videos(job.id)) == 1
+
+
+async def test_capacity_errors_fail_over_and_relabel_for_the_next_provider(world: World) -> None:
+    backup = ScriptedProvider(world.provider.result)
+    backup.capabilities = replace(
+        backup.capabilities, name="backup", label_style=LabelStyle.CHARACTER
+    )
+    world.provider.submit_error = ProviderError("busy", retryable=True)
+    engine = JobEngine(
+        world.store,
+        world.blobs,
+        {"scripted": world.provider, "backup": backup},
+        {"console": world.chat},
+        limits=FAST,
+    )
+    world.engines.append(engine)
+    spec = replace(world.spec(), template="{0} waves", fallbacks=("backup",))
+    job = await engine.create(ALICE, Destination("console", "s1", "c", "alice"), spec, "scripted")
+    await until(lambda: state_is(world, job.id, JobState.SUBMITTED))
+    moved = await world.store.get(job.id)
+    assert moved is not None and moved.provider == "backup"
+    assert backup.submitted[0].prompt == "character1 waves"
+    assert backup.submitted[0].references[0].label == "character1"
+    backup.set("task-1", TaskState.SUCCEEDED)
+    await until(lambda: state_is(world, job.id, JobState.DELIVERED))
+
+
+async def test_an_authentication_error_never_fails_over(world: World) -> None:
+    backup = ScriptedProvider(world.provider.result)
+    world.provider.submit_error = ProviderError(
+        "scripted refused the bot's key; check SCRIPTED_KEY", auth=True
+    )
+    engine = JobEngine(
+        world.store,
+        world.blobs,
+        {"scripted": world.provider, "backup": backup},
+        {"console": world.chat},
+        limits=FAST,
+    )
+    world.engines.append(engine)
+    spec = replace(world.spec(), fallbacks=("backup",))
+    job = await engine.create(ALICE, Destination("console", "s1", "c", "alice"), spec, "scripted")
+    await until(lambda: state_is(world, job.id, JobState.FAILED))
+    failed = await world.store.get(job.id)
+    assert failed is not None and failed.reason is not None and "SCRIPTED_KEY" in failed.reason
+    assert backup.submitted == []
+
+
+async def test_when_every_provider_is_busy_the_job_fails_saying_so(world: World) -> None:
+    world.provider.submit_error = ProviderError("scripted is busy", retryable=True)
+    engine = world.engine()
+    job = await world.create(engine)
+    await until(lambda: state_is(world, job.id, JobState.FAILED))
+    failed = await world.store.get(job.id)
+    assert (
+        failed is not None and failed.reason == "no provider could take the job: scripted is busy"
+    )
