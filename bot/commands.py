@@ -197,6 +197,19 @@ CATALOG: tuple[Command, ...] = (
         examples=('/generate prompt:"@alice and @bob dance on a rooftop" duration:5',),
     ),
     Command("jobs", "Your recent jobs, with their states and times."),
+    Command("usage", "Today's videos and spending, yours and the server's."),
+    Command(
+        "settings",
+        "Show or change the server's limits (admins): with no option it shows them.",
+        (
+            Option("budget", OptionType.STRING, "daily budget in USD, or none"),
+            Option("user_jobs", OptionType.STRING, "videos per user per day, or none"),
+            Option("providers", OptionType.STRING, "allowed providers, comma-separated, or all"),
+            Option("default_provider", OptionType.STRING, "the server's default provider"),
+        ),
+        admin_only=True,
+        examples=("/settings budget:5 user_jobs:3 providers:wavespeed,fal",),
+    ),
     Command(
         "cancel",
         "Cancel a job (its owner or an admin).",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ from bot.models import (
     Reply,
     Visibility,
 )
-from bot.ports import BlobStore
+from bot.ports import BlobStore, ServerStore
+from bot.prompt_filter import PromptFilter
+from bot.quotas import ServerSettings, apply_changes, check_quota, day_start, resets_in
 from bot.roster import Roster, describe_items
 from bot.status import elapsed
 
@@ -41,15 +44,21 @@ class Core:
         roster: Roster,
         engine: JobEngine,
         blobs: BlobStore,
+        servers: ServerStore,
         *,
         workdir: Path,
         provider_order: Sequence[str],
+        public_url: str | None = None,
+        prompt_filter: PromptFilter | None = None,
         limits: media.MediaLimits = media.DEFAULT_LIMITS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.roster = roster
         self.engine = engine
         self._blobs = blobs
+        self._servers = servers
+        self._public_url = public_url
+        self._filter = prompt_filter or PromptFilter()
         self._workdir = workdir
         self._provider_order = list(provider_order)
         self._limits = limits
@@ -64,6 +73,8 @@ class Core:
             "character delete": self._character_delete,
             "generate": self._generate,
             "jobs": self._jobs,
+            "usage": self._usage,
+            "settings": self._settings,
             "cancel": self._cancel,
             "help": self._help,
         }
@@ -158,8 +169,18 @@ class Core:
     # -- generation ------------------------------------------------------------------------
 
     async def _generate(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
-        provider_name = (o.get("provider") or self._default_provider()).lower()
+        actor = request.actor
+        server = await self._servers.settings(actor.server_key)
+        order = self._providers_for(server, o.get("provider"))
+        provider_name, fallbacks = order[0], tuple(order[1:])
         provider = self.engine.provider(provider_name)
+        if provider.capabilities.needs_public_media and not self._public_url:
+            raise Refusal(
+                f"{provider_name} fetches the references from this bot by URL, and the bot has "
+                "no public address. The bot's operator must set R2V_PUBLIC_URL.",
+                code="configuration_error",
+            )
+        self._filter.check(o["prompt"], o.get("negative", ""))
         options = GenerateOptions(
             duration=o["duration"],
             resolution=o["resolution"],
@@ -195,7 +216,14 @@ class Core:
                         "provider": provider_name,
                     },
                 )
-            actor = request.actor
+            estimate = provider.capabilities.estimate(
+                options.resolution,
+                options.duration,
+                sum(r.duration or 0.0 for r in composition.references if r.kind is MediaKind.VIDEO),
+            )
+            now = self._clock()
+            usage = await self.engine.usage(actor.server_key, day_start(now))
+            check_quota(server, usage, actor.user_id, estimate, now)
             destination = Destination(
                 platform=actor.platform,
                 server_id=actor.server_id,
@@ -203,22 +231,45 @@ class Core:
                 user_id=actor.user_id,
                 thread_id=request.thread_id,
             )
-            job = await self.engine.create(actor, destination, composition.to_spec(), provider_name)
+            spec = replace(composition.to_spec(), fallbacks=fallbacks)
+            job = await self.engine.create(actor, destination, spec, provider_name)
         except BaseException:
             await self._blobs.discard_unused(blobs)
             raise
         notes = "".join(f"\n{n}" for n in composition.notes)
         return Reply(f"Queued job {job.id} on {provider_name}.{notes}", job_id=job.id)
 
-    def _default_provider(self) -> str:
-        for name in self._provider_order:
-            if name in self.engine.provider_names:
-                return name
-        if self.engine.provider_names:
-            return self.engine.provider_names[0]
-        raise Refusal(
-            "No video provider is set up on this bot; ask its operator.", code="configuration_error"
-        )
+    def _providers_for(self, server: ServerSettings, chosen: str | None) -> list[str]:
+        """The provider to use and, unless the user chose one, the ones to fall back on.
+
+        Fallbacks are the configured order (``R2V_PROVIDER``) after the server's default,
+        limited to the providers the server allows.
+        """
+        available = self.engine.provider_names
+        if chosen:
+            name = chosen.strip().lower()
+            self.engine.provider(name)  # refuses an unknown name, listing the ones set up
+            if not server.allows(name):
+                raise Refusal(
+                    f"This server does not allow {name}. Allowed: "
+                    f"{', '.join(server.allowed_providers)}.",
+                    code="not_allowed",
+                )
+            return [name]
+        preferred = [server.default_provider] if server.default_provider else []
+        order = [
+            name
+            for name in dict.fromkeys([*preferred, *self._provider_order, *available])
+            if name in available and server.allows(name)
+        ]
+        if not order:
+            raise Refusal(
+                "No video provider allowed in this server is set up on this bot; "
+                "ask a server admin (/settings providers:) or the bot's operator.",
+                code="configuration_error",
+            )
+        configured = [n for n in order if n in self._provider_order or n in preferred]
+        return configured or order[:1]
 
     async def _attachments(self, o: dict[str, Any]) -> tuple[list[RefSource], list[str]]:
         """Check and store the files attached to /generate (@ref1, @ref2…), in order."""
@@ -268,6 +319,37 @@ class Core:
             )
         return Reply(
             "\n".join(lines), data={"jobs": [{"id": j.id, "state": str(j.state)} for j in jobs]}
+        )
+
+    async def _usage(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
+        actor = request.actor
+        now = self._clock()
+        server = await self._servers.settings(actor.server_key)
+        usage = await self.engine.usage(actor.server_key, day_start(now))
+        mine = usage.jobs_by_user.get(actor.user_id, 0)
+        jobs_limit = f" of {server.user_daily_jobs}" if server.user_daily_jobs is not None else ""
+        budget = (
+            f" of ${server.daily_budget_usd:.2f}" if server.daily_budget_usd is not None else ""
+        )
+        lines = [
+            f"Today (UTC): you made {mine}{jobs_limit} videos.",
+            f"This server: {usage.jobs} videos, about ${usage.spend_usd:.2f}{budget} spent.",
+            f"Counts {resets_in(now)}.",
+        ]
+        return Reply(
+            "\n".join(lines),
+            data={"user_jobs": mine, "server_jobs": usage.jobs, "spend_usd": usage.spend_usd},
+        )
+
+    async def _settings(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
+        actor = request.actor
+        current = await self._servers.settings(actor.server_key)
+        if not o:
+            return Reply("This server's settings:\n" + current.describe(), data=current.to_dict())
+        updated = apply_changes(current, o, self.engine.provider_names)
+        await self._servers.save_settings(actor.server_key, actor.platform, updated)
+        return Reply(
+            "Saved. This server's settings:\n" + updated.describe(), data=updated.to_dict()
         )
 
     async def _cancel(self, request: CommandRequest, o: dict[str, Any]) -> Reply:

@@ -87,9 +87,10 @@ def test_out_of_range_options_are_refused(options: dict[str, str], code: str) ->
 
 
 def test_help_lists_every_command_and_details_one() -> None:
-    overview = commands.help_text()
+    overview = commands.help_text(is_admin=True)
     for command in commands.CATALOG:
         assert f"/{command.name}" in overview
+    assert "/settings" not in commands.help_text(), "admin commands are shown to admins"
     detail = commands.help_text("generate")
     assert "duration: seconds (2–15); default 5" in detail
     assert "aspect:16:9|9:16|1:1|4:3|3:4" in detail
