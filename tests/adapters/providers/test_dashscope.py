@@ -1,0 +1,295 @@
+"""The DashScope client against its loopback fake: whole jobs through the bot, and its API edges.
+
+DashScope has no webhooks, so its end-to-end job is the polling one; the bot still runs with a
+public URL because DashScope fetches every reference from our signed ``/media`` links.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from adapters.http.media import MediaLinks
+from adapters.providers.base import ProviderContext
+from adapters.providers.dashscope import DashScopeProvider, VideoUsage
+from bot.errors import ProviderError
+from bot.models import JobState, MediaKind
+from bot.ports import ProviderRequest, StagedReference, TaskState
+from bot.settings import load_settings
+from tests.fakes.dashscope import FakeDashScope
+from tests.harness import Harness, running_bot
+from tests.media_factory import make_image, make_video
+
+
+@pytest.fixture
+def result_mp4(tmp_path: Path) -> Path:
+    return make_video(tmp_path / "result.mp4", seconds=1.0)
+
+
+@pytest.fixture
+async def fake(result_mp4: Path) -> AsyncIterator[FakeDashScope]:
+    async with FakeDashScope(result_mp4) as server:
+        yield server
+
+
+@asynccontextmanager
+async def bot(tmp_path: Path, fake: FakeDashScope, **settings: Any) -> AsyncIterator[Harness]:
+    async with running_bot(
+        tmp_path,
+        dashscope_api_key=fake.key,
+        dashscope_base_url=fake.url,
+        provider="dashscope",
+        **settings,
+    ) as harness:
+        yield harness
+
+
+@asynccontextmanager
+async def direct(
+    tmp_path: Path, fake: FakeDashScope, *, key: str | None = None, client_timeout: float = 5.0
+) -> AsyncIterator[DashScopeProvider]:
+    """The client alone, for API edges a chat command cannot reach (every status word)."""
+    settings = load_settings(
+        _env_file=None,
+        data_dir=tmp_path / "direct",
+        dashscope_api_key=key or fake.key,
+        dashscope_base_url=fake.url,
+        public_url="http://127.0.0.1:9",
+    )
+    async with httpx.AsyncClient(timeout=client_timeout) as client:
+        links = MediaLinks(b"k" * 32, settings.public_url)
+        yield DashScopeProvider(ProviderContext(settings, client, links, sleep=_no_sleep))
+
+
+async def _no_sleep(seconds: float) -> None:
+    return None
+
+
+async def first_task(fake: FakeDashScope) -> str:
+    for _ in range(500):
+        if fake.tasks:
+            return next(iter(fake.tasks))
+        await asyncio.sleep(0.01)
+    raise AssertionError("the bot never submitted a task")
+
+
+async def test_a_polled_job_delivers_the_video_and_sends_the_documented_request(
+    tmp_path: Path, fake: FakeDashScope, result_mp4: Path
+) -> None:
+    async with bot(tmp_path, fake) as h:
+        await h.character("alice", voice=True)
+        await h.character("bob", video=True)
+        job_id = await h.generate(
+            "@alice waves at @bob",
+            duration=4,
+            resolution="1080p",
+            aspect="9:16",
+            seed=7,
+            negative="blurry",
+        )
+        job = await h.delivered(job_id)
+        delivered = h.chat.videos(job_id)[0].path
+        assert delivered is not None
+        assert await asyncio.to_thread(_same_bytes, delivered, result_mp4)
+        assert job.task_id is not None
+        provider = h.app.providers["dashscope"]
+        assert isinstance(provider, DashScopeProvider)
+        assert provider.usage(job.task_id) == VideoUsage(input_seconds=1.5, output_seconds=1.0)
+
+    [submit] = [r for r in fake.requests if r.method == "POST"]
+    assert submit.headers["X-DashScope-Async"] == "enable"
+    body = submit.body
+    assert body["model"] == "wan2.7-r2v"
+    assert body["input"]["prompt"] == "Image 1 waves at Video 1"
+    assert body["input"]["negative_prompt"] == "blurry"
+    image, video = body["input"]["media"]
+    assert image["type"] == "reference_image" and "reference_voice" in image
+    assert video["type"] == "reference_video" and "reference_voice" not in video
+    assert body["parameters"] == {
+        "resolution": "1080P",
+        "ratio": "9:16",
+        "duration": 4,
+        "seed": 7,
+        "watermark": False,
+    }
+    # DashScope really fetched the image, the voice and the video from our signed links.
+    assert sorted(f.content_type for f in fake.fetched) == ["audio/wav", "image/png", "video/mp4"]
+    assert all(f.status == 200 and f.size > 0 for f in fake.fetched)
+
+
+async def test_a_public_url_brings_no_webhook_because_dashscope_has_none(
+    tmp_path: Path, fake: FakeDashScope
+) -> None:
+    """The "with webhooks" run: DashScope documents no callback, so even with a public URL the
+    request names none and the job finishes by polling alone."""
+    async with bot(tmp_path, fake) as h:
+        assert h.public_url is not None
+        assert h.app.providers["dashscope"].capabilities.webhooks is False
+        await h.character("alice")
+        await h.delivered(await h.generate("@alice waves"))
+    assert "/hooks/" not in json.dumps(fake.submits)
+    assert fake.tasks[next(iter(fake.tasks))].polls >= 2
+
+
+async def test_without_a_public_url_the_job_is_refused_naming_the_setting(
+    tmp_path: Path, fake: FakeDashScope
+) -> None:
+    async with bot(tmp_path, fake, public=False) as h:
+        await h.character("alice")
+        reply = await h.run("generate", prompt="@alice waves")
+    assert reply.code == "configuration_error"
+    assert "R2V_PUBLIC_URL" in reply.text
+    assert fake.submits == []
+
+
+async def test_a_content_inspection_failure_is_reported_as_a_refusal(
+    tmp_path: Path, result_mp4: Path
+) -> None:
+    async with (
+        FakeDashScope(result_mp4, complete_after_polls=None) as fake,
+        bot(tmp_path, fake) as h,
+    ):
+        await h.character("alice")
+        job_id = await h.generate("@alice waves")
+        task_id = await first_task(fake)
+        fake.set_state(
+            task_id,
+            "FAILED",
+            code="DataInspectionFailed",
+            message="Output data may contain inappropriate content.",
+        )
+        job = await h.finished(job_id)
+    assert job.state is JobState.FAILED
+    assert job.reason is not None
+    assert "refused the prompt or the references under its content rules" in job.reason
+    assert "DataInspectionFailed" in job.reason
+    assert "refused the prompt" in h.chat.posts[-1].text
+
+
+async def test_a_task_the_provider_forgot_fails_with_that_reason(
+    tmp_path: Path, result_mp4: Path
+) -> None:
+    async with (
+        FakeDashScope(result_mp4, complete_after_polls=None) as fake,
+        bot(tmp_path, fake) as h,
+    ):
+        await h.character("alice")
+        job_id = await h.generate("@alice waves")
+        del fake.tasks[await first_task(fake)]  # expired: DashScope answers UNKNOWN
+        job = await h.finished(job_id)
+    assert job.state is JobState.FAILED
+    assert job.reason is not None and "the provider no longer knows this task" in job.reason
+
+
+async def test_a_result_link_that_answers_404_fails_the_job(
+    tmp_path: Path, fake: FakeDashScope
+) -> None:
+    fake.result_missing = True
+    async with bot(tmp_path, fake) as h:
+        await h.character("alice")
+        job = await h.finished(await h.generate("@alice waves"))
+    assert job.state is JobState.FAILED
+    assert job.reason is not None and "no longer has this video" in job.reason
+    assert fake.result_downloads == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("PENDING", TaskState.PENDING),
+        ("RUNNING", TaskState.RUNNING),
+        ("SUCCEEDED", TaskState.SUCCEEDED),
+        ("FAILED", TaskState.FAILED),
+        ("CANCELED", TaskState.CANCELLED),
+        ("UNKNOWN", TaskState.FAILED),
+    ],
+)
+async def test_every_documented_status_maps_to_our_state(
+    tmp_path: Path, result_mp4: Path, raw: str, expected: TaskState
+) -> None:
+    async with (
+        FakeDashScope(result_mp4, complete_after_polls=None) as fake,
+        direct(tmp_path, fake) as provider,
+    ):
+        task_id = fake.add_task(raw, code="InternalError.Timeout", message="took too long")
+        status = await provider.status(task_id)
+    assert status.state is expected
+    assert (status.result_url is not None) == (raw == "SUCCEEDED")
+    if raw == "FAILED":
+        assert status.error == "InternalError.Timeout: took too long"
+    if raw == "UNKNOWN":
+        assert status.error is not None and "no longer knows this task" in status.error
+
+
+async def test_cancel_stops_a_waiting_task_and_declines_a_running_one(
+    tmp_path: Path, result_mp4: Path
+) -> None:
+    async with (
+        FakeDashScope(result_mp4, complete_after_polls=None) as fake,
+        direct(tmp_path, fake) as provider,
+    ):
+        waiting, running = fake.add_task("PENDING"), fake.add_task("RUNNING")
+        assert await provider.cancel(waiting) is True
+        assert await provider.cancel(running) is False
+        assert (await provider.status(waiting)).state is TaskState.CANCELLED
+
+
+async def test_check_key_accepts_the_key_and_says_jobs_are_polled(
+    tmp_path: Path, fake: FakeDashScope
+) -> None:
+    async with direct(tmp_path, fake) as provider:
+        good = await provider.check_key()
+    async with direct(tmp_path, fake, key="sk-wrong") as provider:
+        bad = await provider.check_key()
+    assert good.ok and not good.webhooks and "polled" in good.detail
+    assert not bad.ok
+    assert "DASHSCOPE_API_KEY" in bad.detail and "R2V_DASHSCOPE_BASE_URL" in bad.detail
+
+
+async def test_a_server_error_on_submit_is_retried_and_the_job_goes_on(
+    tmp_path: Path, fake: FakeDashScope
+) -> None:
+    async with direct(tmp_path, fake) as provider:
+        fake.fail_next(500)
+        task_id = await provider.submit(_request(tmp_path))
+    assert task_id in fake.tasks
+    assert len(fake.submits) == 2
+
+
+async def test_a_submit_that_hangs_is_not_sent_again(tmp_path: Path, fake: FakeDashScope) -> None:
+    fake.hang_submit = True
+    async with direct(tmp_path, fake, client_timeout=0.3) as provider:
+        with pytest.raises(ProviderError) as caught:
+            await provider.submit(_request(tmp_path))
+    assert caught.value.code == "submit_unknown"
+    assert len(fake.submits) == 1
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    return a.read_bytes() == b.read_bytes()
+
+
+def _request(tmp_path: Path) -> ProviderRequest:
+    """A one-image request whose link points nowhere (the tests using it never fetch it)."""
+    image = make_image(tmp_path / "ref.png")
+    blob = hashlib.sha256(image.read_bytes()).hexdigest()
+    reference = StagedReference("Image 1", MediaKind.IMAGE, image, "image/png", blob=blob)
+    return ProviderRequest(
+        job_id="j1",
+        prompt="Image 1 waves",
+        references=(reference,),
+        duration=5,
+        resolution="720p",
+        aspect_ratio="16:9",
+        seed=None,
+        negative_prompt="",
+        webhook_url=None,
+    )
