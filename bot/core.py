@@ -17,7 +17,7 @@ from typing import Any
 from bot import commands, media
 from bot.compose import GenerateOptions, RefSource, compose
 from bot.errors import R2VError, Refusal
-from bot.jobs import JobEngine
+from bot.jobs import JobEngine, estimate_cost
 from bot.models import (
     Character,
     CommandRequest,
@@ -216,11 +216,8 @@ class Core:
                         "provider": provider_name,
                     },
                 )
-            estimate = provider.capabilities.estimate(
-                options.resolution,
-                options.duration,
-                sum(r.duration or 0.0 for r in composition.references if r.kind is MediaKind.VIDEO),
-            )
+            spec = replace(composition.to_spec(), fallbacks=fallbacks)
+            estimate = estimate_cost(spec, provider.capabilities)
             now = self._clock()
             usage = await self.engine.usage(actor.server_key, day_start(now))
             check_quota(server, usage, actor.user_id, estimate, now)
@@ -231,7 +228,6 @@ class Core:
                 user_id=actor.user_id,
                 thread_id=request.thread_id,
             )
-            spec = replace(composition.to_spec(), fallbacks=fallbacks)
             job = await self.engine.create(actor, destination, spec, provider_name)
         except BaseException:
             await self._blobs.discard_unused(blobs)

@@ -66,6 +66,17 @@ class EngineLimits:
         return float(min(delay, self.poll_max_seconds))
 
 
+def estimate_cost(spec: JobSpec, capabilities: Capabilities) -> float | None:
+    """What the provider would charge: output seconds, plus the seconds of reference video it
+    bills (as trimmed to its limit before sending)."""
+    reference_seconds = sum(
+        min(r.duration or 0.0, capabilities.max_reference_seconds)
+        for r in spec.references
+        if r.kind is MediaKind.VIDEO
+    )
+    return capabilities.estimate(spec.resolution, spec.duration, reference_seconds)
+
+
 def fit_spec(spec: JobSpec, capabilities: Capabilities) -> JobSpec | None:
     """The spec as another provider must read it (its label style), or ``None`` if that
     provider cannot take it (too many references, duration or size out of its range)."""
@@ -187,7 +198,7 @@ class JobEngine:
             destination=destination,
             created_at=now,
             updated_at=now,
-            cost_estimate=capabilities.estimate(spec.resolution, spec.duration),
+            cost_estimate=estimate_cost(spec, capabilities),
         )
         blobs = [r.blob for r in spec.references]
         blobs += [r.voice_blob for r in spec.references if r.voice_blob]
@@ -393,9 +404,7 @@ class JobEngine:
                 job = await self._store.update(
                     job.id,
                     provider=name,
-                    cost_estimate=provider.capabilities.estimate(
-                        job.spec.resolution, job.spec.duration
-                    ),
+                    cost_estimate=estimate_cost(job.spec, provider.capabilities),
                 )
                 await self._announce(job)
             try:
