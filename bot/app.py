@@ -12,12 +12,13 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from aiohttp.web import RouteDef
 
 from adapters.chat.console import ConsoleChat, ConsoleOutput
 from adapters.chat.console import run_console as console_session
@@ -60,7 +61,11 @@ class App:
 
 
 async def build(
-    settings: Settings, chats: Mapping[str, ChatPort], *, http_socket: socket.socket | None = None
+    settings: Settings,
+    chats: Mapping[str, ChatPort],
+    *,
+    http_socket: socket.socket | None = None,
+    routes: Sequence[RouteDef] = (),
 ) -> App:
     """Open storage, start the HTTP server and the providers, resume unfinished jobs.
 
@@ -122,7 +127,7 @@ async def build(
         web_app = build_app(
             engine,
             health,
-            routes=[media_route(links, blobs.path)],
+            routes=[media_route(links, blobs.path), *routes],
             metrics=metrics.exposition,
             metrics_type=CONTENT_TYPE,
         )

@@ -26,6 +26,7 @@ class OptionType(enum.StrEnum):
     CHOICE = "choice"
     CHARACTER = "character"  # a character name of the server: adapters offer autocomplete
     ATTACHMENT = "attachment"
+    CHANNEL = "channel"  # a channel of the server (its platform id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +212,18 @@ CATALOG: tuple[Command, ...] = (
         examples=("/settings budget:5 user_jobs:3 providers:wavespeed,fal",),
     ),
     Command(
+        "settings channel add",
+        "Make a channel a generation channel (admins): /generate then works only in those.",
+        (Option("channel", OptionType.CHANNEL, "the channel", required=True),),
+        admin_only=True,
+    ),
+    Command(
+        "settings channel remove",
+        "Stop using a channel for generation (admins); with none left, any channel works.",
+        (Option("channel", OptionType.CHANNEL, "the channel", required=True),),
+        admin_only=True,
+    ),
+    Command(
         "cancel",
         "Cancel a job (its owner or an admin).",
         (Option("job", OptionType.STRING, "the job's id, as /jobs shows it", required=True),),
@@ -222,11 +235,11 @@ CATALOG: tuple[Command, ...] = (
     ),
 )
 
-_BY_NAME: Mapping[str, Command] = {c.name: c for c in CATALOG}
+CATALOG_BY_NAME: Mapping[str, Command] = {c.name: c for c in CATALOG}
 
 
 def find(name: str) -> Command | None:
-    return _BY_NAME.get(name.strip().lstrip("/").lower())
+    return CATALOG_BY_NAME.get(name.strip().lstrip("/").lower())
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,10 +265,15 @@ def parse_line(line: str) -> ParsedLine:
     head = tokens[0][1:].lower()
     rest = tokens[1:]
     command = None
-    if rest and ":" not in rest[0]:
-        command = find(f"{head} {rest[0].lower()}")
-        if command is not None:
-            rest = rest[1:]
+    words = 0
+    # the longest command name that the leading words spell: /settings channel add …
+    for count in (2, 1):
+        if len(rest) >= count and all(":" not in w for w in rest[:count]):
+            command = find(" ".join([head, *(w.lower() for w in rest[:count])]))
+            if command is not None:
+                words = count
+                break
+    rest = rest[words:]
     command = command or find(head)
     if command is None:
         raise Refusal(f"There is no command /{head}. {_command_hint(head)}", code="unknown_command")

@@ -8,6 +8,7 @@ modules it calls (roster, compose, jobs), never in an adapter.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
@@ -15,14 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from bot import commands, media
-from bot.compose import GenerateOptions, RefSource, compose
+from bot.compose import Composition, GenerateOptions, RefSource, compose
 from bot.errors import R2VError, Refusal
 from bot.jobs import JobEngine, estimate_cost
 from bot.models import (
+    Actor,
     Character,
     CommandRequest,
     Destination,
     IncomingFile,
+    Job,
     MediaKind,
     Reply,
     Visibility,
@@ -34,6 +37,9 @@ from bot.roster import Roster, describe_items
 from bot.status import elapsed
 
 log = logging.getLogger(__name__)
+
+_GENERATE = commands.CATALOG_BY_NAME["generate"]
+SEED_MAX = commands.SEED_MAX
 
 Handler = Callable[[CommandRequest, dict[str, Any]], Awaitable[Reply]]
 
@@ -75,6 +81,8 @@ class Core:
             "jobs": self._jobs,
             "usage": self._usage,
             "settings": self._settings,
+            "settings channel add": self._channel_add,
+            "settings channel remove": self._channel_remove,
             "cancel": self._cancel,
             "help": self._help,
         }
@@ -110,7 +118,9 @@ class Core:
             "video": MediaKind.VIDEO,
             "voice": MediaKind.VOICE,
         }
-        files = [(kind, _file(o[name])) for name, kind in kinds.items() if name in o]
+        files: list[tuple[MediaKind | None, IncomingFile]] = [
+            (kind, _file(o[name])) for name, kind in kinds.items() if name in o
+        ]
         character = await self.roster.create(
             request.actor,
             o["name"],
@@ -118,11 +128,7 @@ class Core:
             description=o.get("description", ""),
             visibility=Visibility(o.get("visibility", "public")),
         )
-        return Reply(
-            f"Saved {character.name}: {_contents(character)} ({character.visibility}). "
-            f"Use it with @{character.name} in /generate.",
-            data={"character": character.name},
-        )
+        return _saved(character)
 
     async def _character_add(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
         item = await self.roster.add(request.actor, o["name"], _file(o["file"]))
@@ -169,8 +175,28 @@ class Core:
     # -- generation ------------------------------------------------------------------------
 
     async def _generate(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
+        attachments, blobs = await self._attachments(o)
+        try:
+            return await self._make(request, o, attachments)
+        except _DryRun as answer:
+            await self._blobs.discard_unused(blobs)
+            return answer.reply
+        except BaseException:
+            await self._blobs.discard_unused(blobs)
+            raise
+
+    async def _make(
+        self, request: CommandRequest, o: dict[str, Any], attachments: Sequence[RefSource]
+    ) -> Reply:
+        """Compose, check and queue a video (``/generate``, and the re-runs of a result)."""
         actor = request.actor
         server = await self._servers.settings(actor.server_key)
+        if server.channels and request.channel_id not in server.channels:
+            listed = ", ".join(f"<#{c}>" for c in server.channels)
+            raise Refusal(
+                f"Videos are made in this server's generation channels: {listed}.",
+                code="wrong_channel",
+            )
         order = self._providers_for(server, o.get("provider"))
         provider_name, fallbacks = order[0], tuple(order[1:])
         provider = self.engine.provider(provider_name)
@@ -181,59 +207,115 @@ class Core:
                 code="configuration_error",
             )
         self._filter.check(o["prompt"], o.get("negative", ""))
+        seed = o.get("seed")
         options = GenerateOptions(
             duration=o["duration"],
             resolution=o["resolution"],
             aspect_ratio=o["aspect"],
-            seed=o.get("seed"),
+            # Always a seed, so "the same video at 1080p" can ask for the same one again.
+            seed=seed if seed is not None else secrets.randbelow(SEED_MAX + 1),
             negative_prompt=o.get("negative", ""),
         )
-        characters = await self.roster.usable(request.actor)
-        attachments, blobs = await self._attachments(o)
-        try:
-            composition = compose(
-                o["prompt"],
-                characters=characters,
-                attachments=attachments,
-                capabilities=provider.capabilities,
-                options=options,
-            )
-            if o["dry_run"]:
-                await self._blobs.discard_unused(blobs)
-                return Reply(
-                    composition.describe(),
-                    data={
-                        "prompt": composition.prompt,
-                        "slots": [
-                            {
-                                "label": r.label,
-                                "source": r.source,
-                                "kind": str(r.kind),
-                                "voice": r.voice_blob is not None,
-                            }
-                            for r in composition.references
-                        ],
-                        "provider": provider_name,
-                    },
-                )
-            spec = replace(composition.to_spec(), fallbacks=fallbacks)
-            estimate = estimate_cost(spec, provider.capabilities)
-            now = self._clock()
-            usage = await self.engine.usage(actor.server_key, day_start(now))
-            check_quota(server, usage, actor.user_id, estimate, now)
-            destination = Destination(
-                platform=actor.platform,
-                server_id=actor.server_id,
-                channel_id=request.channel_id,
-                user_id=actor.user_id,
-                thread_id=request.thread_id,
-            )
-            job = await self.engine.create(actor, destination, spec, provider_name)
-        except BaseException:
-            await self._blobs.discard_unused(blobs)
-            raise
+        composition = compose(
+            o["prompt"],
+            characters=await self.roster.usable(actor),
+            attachments=attachments,
+            capabilities=provider.capabilities,
+            options=options,
+        )
+        if o.get("dry_run"):
+            raise _DryRun(_dry_run_reply(composition, provider_name))
+        spec = replace(composition.to_spec(), fallbacks=fallbacks)
+        now = self._clock()
+        usage = await self.engine.usage(actor.server_key, day_start(now))
+        check_quota(server, usage, actor.user_id, estimate_cost(spec, provider.capabilities), now)
+        destination = Destination(
+            platform=actor.platform,
+            server_id=actor.server_id,
+            channel_id=request.channel_id,
+            user_id=actor.user_id,
+            thread_id=request.thread_id,
+        )
+        job = await self.engine.create(actor, destination, spec, provider_name)
         notes = "".join(f"\n{n}" for n in composition.notes)
         return Reply(f"Queued job {job.id} on {provider_name}.{notes}", job_id=job.id)
+
+    # -- results: the buttons under a delivered video ----------------------------------------
+
+    async def rerun(
+        self,
+        request: CommandRequest,
+        job_id: str,
+        *,
+        new_seed: bool = False,
+        resolution: str | None = None,
+        prompt: str | None = None,
+    ) -> Reply:
+        """Make a finished job again: another seed (re-roll), another resolution, or an edited
+        prompt; same references and provider. The new job is the requester's own."""
+        try:
+            old = await self.job_in_server(request.actor, job_id)
+            spec = old.spec
+            options: dict[str, Any] = {
+                "prompt": prompt if prompt is not None else spec.original_prompt,
+                "duration": spec.duration,
+                "resolution": resolution or spec.resolution,
+                "aspect": spec.aspect_ratio,
+                "seed": None if new_seed else spec.seed,
+                "negative": spec.negative_prompt,
+                "provider": old.provider,
+            }
+            options = commands.coerce(_GENERATE, options)
+            attached = [
+                RefSource(kind=r.kind, blob=r.blob, mime=r.mime, duration=r.duration)
+                for r in spec.references
+                if r.source.lower().startswith("@ref")
+            ]
+            return await self._make(request, options, attached)
+        except _DryRun as answer:
+            return answer.reply
+        except R2VError as exc:
+            return Reply(exc.message, code=exc.code)
+
+    async def job_in_server(self, actor: Actor, job_id: str, *, manage: bool = False) -> Job:
+        """A job of the actor's server; with ``manage``, only its owner or an admin may have it."""
+        job = await self.engine.job(job_id)
+        if job is None or job.server_id != actor.server_key:
+            raise Refusal(f"There is no job “{job_id}” in this server.", code="unknown_job")
+        if manage and job.user_id != actor.user_id and not actor.is_admin:
+            raise Refusal(
+                "Only the video's owner or a server admin may do that.", code="not_allowed"
+            )
+        return job
+
+    async def save_character(
+        self,
+        actor: Actor,
+        name: str,
+        files: Sequence[IncomingFile],
+        *,
+        description: str = "",
+        visibility: str = "public",
+    ) -> Reply:
+        """ "Save as character" on a message: every file's kind is found from its content."""
+        try:
+            character = await self.roster.create(
+                actor,
+                name,
+                [(None, f) for f in files],
+                description=description,
+                visibility=Visibility(visibility),
+            )
+        except R2VError as exc:
+            return Reply(exc.message, code=exc.code)
+        return _saved(character)
+
+    async def server_settings(self, actor: Actor) -> ServerSettings:
+        return await self._servers.settings(actor.server_key)
+
+    async def complete_characters(self, actor: Actor, typed: str) -> list[str]:
+        """Autocomplete for character options (at most 25 names)."""
+        return await self.roster.complete(actor, typed)
 
     def _providers_for(self, server: ServerSettings, chosen: str | None) -> list[str]:
         """The provider to use and, unless the user chose one, the ones to fall back on.
@@ -348,6 +430,31 @@ class Core:
             "Saved. This server's settings:\n" + updated.describe(), data=updated.to_dict()
         )
 
+    async def _channel_add(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
+        return await self._channels(request, o["channel"], add=True)
+
+    async def _channel_remove(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
+        return await self._channels(request, o["channel"], add=False)
+
+    async def _channels(self, request: CommandRequest, channel: str, *, add: bool) -> Reply:
+        actor = request.actor
+        channel = channel.strip().removeprefix("<#").removesuffix(">")
+        current = await self._servers.settings(actor.server_key)
+        if add:
+            channels = tuple(dict.fromkeys([*current.channels, channel]))
+        elif channel not in current.channels:
+            raise Refusal(f"<#{channel}> is not a generation channel.", code="invalid_option")
+        else:
+            channels = tuple(c for c in current.channels if c != channel)
+        await self._servers.save_settings(
+            actor.server_key, actor.platform, replace(current, channels=channels)
+        )
+        if not channels:
+            text = "No generation channels now: /generate works in any channel."
+        else:
+            text = "Generation channels: " + ", ".join(f"<#{c}>" for c in channels) + "."
+        return Reply(text, data={"channels": list(channels)})
+
     async def _cancel(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
         job = await self.engine.cancel(request.actor, o["job"])
         return Reply(f"Cancelled job {job.id}.", job_id=job.id)
@@ -360,6 +467,37 @@ def _file(value: object) -> IncomingFile:
     if not isinstance(value, IncomingFile):
         raise Refusal("Attach a file for this option.", code="invalid_option")
     return value
+
+
+class _DryRun(Exception):
+    """Carries a dry run's answer out of ``_make`` past the blob clean-up."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+
+
+def _dry_run_reply(composition: Composition, provider: str) -> Reply:
+    slots = [
+        {
+            "label": r.label,
+            "source": r.source,
+            "kind": str(r.kind),
+            "voice": r.voice_blob is not None,
+        }
+        for r in composition.references
+    ]
+    return Reply(
+        composition.describe(),
+        data={"prompt": composition.prompt, "slots": slots, "provider": provider},
+    )
+
+
+def _saved(character: Character) -> Reply:
+    return Reply(
+        f"Saved {character.name}: {_contents(character)} ({character.visibility}). "
+        f"Use it with @{character.name} in /generate.",
+        data={"character": character.name},
+    )
 
 
 def _contents(c: Character) -> str:

@@ -164,6 +164,7 @@ class CommandRequest:
     actor: Actor
     command: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: Where it was sent; inside a thread, ``channel_id`` is the thread's parent channel.
     channel_id: str = ""
     thread_id: str | None = None
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from bot import media
 from bot.errors import Refusal
 from bot.models import Actor, Character, CharacterMedia, IncomingFile, MediaKind, Visibility
-from bot.names import check_name, name_key, unknown_character
+from bot.names import check_name, name_key, suggest, unknown_character
 from bot.ports import BlobStore, CharacterStore
 
 PER_CHARACTER = {MediaKind.IMAGE: 3, MediaKind.VIDEO: 1, MediaKind.VOICE: 1}
@@ -75,6 +75,18 @@ class Roster:
         visible = await self.usable(actor)
         raise unknown_character(wanted, [c.name for c in visible.values()])
 
+    async def complete(self, actor: Actor, typed: str, limit: int = 25) -> list[str]:
+        """Names for autocomplete: the ones the actor may use, those starting with what was
+        typed first (by name), then close spellings."""
+        names = sorted((c.name for c in (await self.usable(actor)).values()), key=name_key)
+        key = name_key(typed.strip().lstrip("@"))
+        if not key:
+            return names[:limit]
+        starting = [n for n in names if name_key(n).startswith(key)]
+        rest = [n for n in suggest(key, names, limit=limit) if n not in starting]
+        contained = [n for n in names if key in name_key(n) and n not in starting + rest]
+        return (starting + rest + contained)[:limit]
+
     async def show(self, actor: Actor, name: str) -> Character:
         return await self.find(actor, name)
 
@@ -93,17 +105,16 @@ class Roster:
         self,
         actor: Actor,
         name: str,
-        files: Sequence[tuple[MediaKind, IncomingFile]],
+        files: Sequence[tuple[MediaKind | None, IncomingFile]],
         *,
         description: str = "",
         visibility: Visibility = Visibility.PUBLIC,
     ) -> Character:
+        """Save a character from files; a file's kind may be ``None`` (found from its content,
+        as for "Save as character" on a message with attachments)."""
         name = check_name(name)
-        if not any(kind.is_visual for kind, _ in files):
-            raise Refusal(
-                "A character needs at least one image or video: add image: or video:.",
-                code="invalid_option",
-            )
+        if all(kind is MediaKind.VOICE for kind, _ in files):
+            raise _needs_visual()
         await self._store.ensure_server(actor.server_key, actor.platform)
         existing = await self._store.get(actor.server_key, name)
         if existing is not None:
@@ -116,6 +127,9 @@ class Roster:
                 code="limit_reached",
             )
         stored = await self._store_files(files)
+        if not any(m.kind.is_visual for m in stored):
+            await self._blobs.discard_unused([m.blob for m in stored])
+            raise _needs_visual()
         try:
             return await self._store.create(
                 actor.server_key, name, actor.user_id, description.strip(), visibility, stored
@@ -192,7 +206,7 @@ class Roster:
         )
 
     async def _store_files(
-        self, files: Sequence[tuple[MediaKind, IncomingFile]]
+        self, files: Sequence[tuple[MediaKind | None, IncomingFile]]
     ) -> list[CharacterMedia]:
         """Check every file first, then copy them into the blob store: all or nothing."""
         checked: list[media.CheckedFile] = []
@@ -233,6 +247,13 @@ def _visual_first(items: Sequence[media.CheckedFile]) -> list[media.CheckedFile]
 def _count(n: int, kind: MediaKind) -> str:
     noun = {MediaKind.IMAGE: "image", MediaKind.VIDEO: "video", MediaKind.VOICE: "voice clip"}[kind]
     return f"{n} {noun}" + ("s" if n != 1 else "")
+
+
+def _needs_visual() -> Refusal:
+    return Refusal(
+        "A character needs at least one image or video: add image: or video:.",
+        code="invalid_option",
+    )
 
 
 def _name_taken(existing: str) -> Refusal:
