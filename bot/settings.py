@@ -24,6 +24,8 @@ HOSTED_PROVIDERS = (
     "replicate",
     "inference",
     "segmind",
+    "together",
+    "atlascloud",
 )
 PROVIDER_KEY_FIELDS = {
     "dashscope": "dashscope_api_key",
@@ -33,6 +35,9 @@ PROVIDER_KEY_FIELDS = {
     "replicate": "replicate_api_token",
     "inference": "inference_api_key",
     "segmind": "segmind_api_key",
+    "together": "together_api_key",
+    "atlascloud": "atlascloud_api_key",
+    "local": "worker_token",
 }
 
 
@@ -102,6 +107,14 @@ class Settings(BaseSettings):
     replicate_api_token: SecretStr | None = _env("REPLICATE_API_TOKEN")
     inference_api_key: SecretStr | None = _env("INFERENCE_API_KEY")
     segmind_api_key: SecretStr | None = _env("SEGMIND_API_KEY")
+    together_api_key: SecretStr | None = _env("TOGETHER_API_KEY")
+    atlascloud_api_key: SecretStr | None = _env("ATLASCLOUD_API_KEY")
+    local_url: str | None = Field(
+        None, description="the http(s) URL of your GPU worker (r2v worker), e.g. http://gpu:8090"
+    )
+    worker_token: SecretStr | None = Field(
+        None, description="the shared bearer token of the GPU worker"
+    )
 
     # Each provider's base URL (scheme, host and port only) and label style, overridable because
     # tests point clients at loopback fakes and the providers' own documents disagree on labels.
@@ -127,6 +140,22 @@ class Settings(BaseSettings):
     inference_labels: LabelStyle | None = Field(None, description=_LABELS)
     segmind_base_url: str | None = Field(None, description="an http(s) URL: scheme, host and port")
     segmind_labels: LabelStyle | None = Field(None, description=_LABELS)
+    together_base_url: str | None = Field(None, description="an http(s) URL: scheme, host and port")
+    together_labels: LabelStyle | None = Field(None, description=_LABELS)
+    atlascloud_base_url: str | None = Field(
+        None, description="an http(s) URL: scheme, host and port"
+    )
+    atlascloud_labels: LabelStyle | None = Field(None, description=_LABELS)
+    local_labels: LabelStyle | None = Field(None, description=_LABELS)
+    atlascloud_jwks_url: str | None = Field(
+        None, description="the URL of AtlasCloud's webhook key set"
+    )
+    discord_guild: int | None = Field(
+        None, description="a Discord server (guild) id to sync commands to, for quick testing"
+    )
+    slack_admin_group: str | None = Field(
+        None, description="the handle or id of a Slack user group whose members are bot admins"
+    )
     fal_queue_url: str | None = Field(None, description="an http(s) URL (queue.fal.run)")
     fal_rest_url: str | None = Field(None, description="an http(s) URL (rest.fal.ai)")
     fal_jwks_url: str | None = Field(None, description="the URL of fal's webhook key set")
@@ -160,6 +189,8 @@ class Settings(BaseSettings):
         "fal_queue_url",
         "fal_rest_url",
         "fal_jwks_url",
+        "atlascloud_jwks_url",
+        "local_url",
         *(f"{p}_base_url" for p in HOSTED_PROVIDERS),
     )
     @classmethod
@@ -202,7 +233,10 @@ class Settings(BaseSettings):
 
     @property
     def configured_providers(self) -> list[str]:
-        return [name for name in HOSTED_PROVIDERS if self.provider_key(name) is not None]
+        """Providers this bot can use: every hosted one with a key, and the GPU worker when
+        its URL is set."""
+        hosted = [name for name in HOSTED_PROVIDERS if self.provider_key(name) is not None]
+        return hosted + (["local"] if self.local_url else [])
 
     @property
     def provider_order(self) -> list[str]:
