@@ -17,9 +17,6 @@ What is particular to fal (PROVIDERS.md):
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
 import hashlib
 import json
 import logging
@@ -31,10 +28,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from adapters.providers.base import (
     Api,
     HostedProvider,
@@ -44,6 +37,7 @@ from adapters.providers.base import (
     is_content_refusal,
     map_state,
 )
+from adapters.providers.jwks import JwksCache
 from adapters.webhooks import DEFAULT_TOLERANCE, check_timestamp, header
 from bot.errors import ProviderError, WebhookRejected
 from bot.models import MIME_EXTENSIONS, MediaKind
@@ -124,94 +118,6 @@ def app_id(model: str) -> str:
     return "/".join(model.split("/")[:2])
 
 
-class JwksCache:
-    """fal's published webhook keys: fetched on first need, kept for ``ttl`` seconds.
-
-    ``refresh`` fetches them again at once (a key unknown to us means fal rotated its keys);
-    concurrent refreshes share one fetch.
-    """
-
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        url: str,
-        *,
-        ttl: float,
-        clock: Callable[[], float],
-    ) -> None:
-        self._client = client
-        self.url = url
-        self._ttl = ttl
-        self._clock = clock
-        self._keys: tuple[Ed25519PublicKey, ...] = ()
-        self._fetched_at: float | None = None
-        self._lock = asyncio.Lock()
-
-    async def keys(self) -> tuple[Ed25519PublicKey, ...]:
-        fetched = self._fetched_at
-        if fetched is not None and self._clock() - fetched < self._ttl:
-            return self._keys
-        return await self.refresh(since=fetched)
-
-    async def refresh(self, *, since: float | None = None) -> tuple[Ed25519PublicKey, ...]:
-        """Fetch the key set, unless another caller fetched it after ``since`` meanwhile."""
-        async with self._lock:
-            if self._fetched_at is not None and self._fetched_at != since:
-                return self._keys
-            self._keys = await self._fetch()
-            self._fetched_at = self._clock()
-            return self._keys
-
-    @property
-    def fetched_at(self) -> float | None:
-        return self._fetched_at
-
-    async def _fetch(self) -> tuple[Ed25519PublicKey, ...]:
-        try:
-            # The key set is public: no Authorization header goes to it.
-            response = await self._client.get(self.url)
-        except httpx.HTTPError as exc:
-            raise ProviderError(
-                f"fal's webhook key set could not be fetched ({type(exc).__name__}).",
-                code="provider_unavailable",
-                retryable=True,
-            ) from exc
-        if not response.is_success:
-            raise ProviderError(
-                f"fal's webhook key set answered HTTP {response.status_code}.",
-                code="provider_unavailable",
-                retryable=True,
-            )
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        keys = _ed25519_keys(body)
-        if not keys:
-            raise ProviderError(
-                "fal's webhook key set holds no Ed25519 key (JWK kty OKP, crv Ed25519).",
-                code="provider_error",
-                retryable=True,
-            )
-        return keys
-
-
-def _ed25519_keys(body: object) -> tuple[Ed25519PublicKey, ...]:
-    entries = body.get("keys") if isinstance(body, dict) else None
-    keys: list[Ed25519PublicKey] = []
-    for entry in entries if isinstance(entries, list) else []:
-        if not isinstance(entry, dict) or entry.get("kty") != "OKP":
-            continue
-        if entry.get("crv") != "Ed25519" or not isinstance(entry.get("x"), str):
-            continue
-        try:
-            raw = base64.urlsafe_b64decode(entry["x"] + "=" * (-len(entry["x"]) % 4))
-            keys.append(Ed25519PublicKey.from_public_bytes(raw))
-        except (ValueError, binascii.Error):
-            log.warning("fal: skipping a malformed key of its JWKS")
-    return tuple(keys)
-
-
 class FalProvider(HostedProvider):
     """A fal.ai client for Wan 2.7 R2V.
 
@@ -271,7 +177,7 @@ class FalProvider(HostedProvider):
         self._cancel_method = cancel_method
         self._clock = clock
         self._tolerance = tolerance
-        self.jwks = JwksCache(context.client, jwks_url, ttl=jwks_ttl, clock=clock)
+        self.jwks = JwksCache(context.client, jwks_url, owner="fal", ttl=jwks_ttl, clock=clock)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -460,30 +366,16 @@ class FalProvider(HostedProvider):
             (request_id, user_id, timestamp, hashlib.sha256(body).hexdigest())
         ).encode()
         try:
-            keys = await self.jwks.keys()
-            if _signed_by_any(keys, signature, message):
-                return
-            since = self.jwks.fetched_at
-            keys = await self.jwks.refresh(since=since)
+            signed = await self.jwks.verify(signature, message)
         except ProviderError as exc:
             raise WebhookRejected(
                 f"{exc.message} The webhook cannot be checked; its job is polled meanwhile."
             ) from exc
-        if not _signed_by_any(keys, signature, message):
+        if not signed:
             raise WebhookRejected(
                 "The webhook's signature matches none of fal's published keys: it was altered "
                 "or not sent by fal."
             )
-
-
-def _signed_by_any(keys: Sequence[Ed25519PublicKey], signature: bytes, message: bytes) -> bool:
-    for key in keys:
-        try:
-            key.verify(signature, message)
-        except InvalidSignature:
-            continue
-        return True
-    return False
 
 
 def _walk(value: object, path: Sequence[str]) -> object:

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -32,9 +31,10 @@ from adapters.providers.base import (
     is_content_refusal,
     map_state,
 )
+from adapters.providers.multipart import MultipartFile
 from adapters.webhooks import DEFAULT_TOLERANCE
 from bot.errors import ConfigurationError, ProviderError, WebhookRejected
-from bot.models import MIME_EXTENSIONS, IncomingFile, MediaKind
+from bot.models import MIME_EXTENSIONS, MediaKind
 from bot.ports import (
     Capabilities,
     KeyCheck,
@@ -248,12 +248,12 @@ class ReplicateProvider(HostedProvider):
         """
         file = await asyncio.to_thread(local_file, Path(path))
         name = f"{blob[:16] or 'reference'}{MIME_EXTENSIONS.get(mime, Path(path).suffix)}"
-        body = _Multipart("content", name, mime, file)
+        body = MultipartFile("content", name, mime, file)
         answer = await self.api.json(
             "POST",
             FILES_PATH,
             content=body,
-            headers={"Content-Type": body.content_type, "Content-Length": str(body.length)},
+            headers=body.headers,
         )
         urls = answer.get("urls") if isinstance(answer, dict) else None
         url = urls.get("get") if isinstance(urls, dict) else None
@@ -297,34 +297,6 @@ def _failure(error: object) -> str:
     if is_content_refusal(detail):
         return content_refused("replicate", detail).message
     return detail
-
-
-class _Multipart:
-    """A ``multipart/form-data`` body of one file field, streamed and sendable again.
-
-    Its length is known before a byte is read, so it goes out with a ``Content-Length``.
-    """
-
-    def __init__(self, field: str, filename: str, mime: str, file: IncomingFile) -> None:
-        boundary = secrets.token_hex(16)
-        self.content_type = f"multipart/form-data; boundary={boundary}"
-        self._head = (
-            f"--{boundary}\r\n"
-            f'Content-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-            f"Content-Type: {mime}\r\n\r\n"
-        ).encode()
-        self._tail = f"\r\n--{boundary}--\r\n".encode()
-        self._file = file
-        self.length = len(self._head) + (file.declared_size or 0) + len(self._tail)
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._chunks()
-
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        yield self._head
-        async for chunk in self._file.open():
-            yield chunk
-        yield self._tail
 
 
 def from_context(context: ProviderContext) -> Provider:
