@@ -204,9 +204,16 @@ class JobEngine:
         blobs += [r.voice_blob for r in spec.references if r.voice_blob]
         await self._store.create(job, blobs)
         position = await self._queue_position(job)
-        posted = await self._chat(job).post_status(
-            job, status_text(job, now=now, queue_position=position)
-        )
+        try:
+            posted = await self._chat(job).post_status(
+                job, status_text(job, now=now, queue_position=position)
+            )
+        except BaseException:
+            # Nowhere to tell the user about it: the job must not run unseen after a restart.
+            await self._store.move(
+                job.id, JobState.CANCELLED, reason="its status could not be posted"
+            )
+            raise
         job = await self._store.update(
             job.id, status_message_id=posted.message_id, thread_id=posted.thread_id
         )
