@@ -66,8 +66,9 @@ async def test_generation_channels_limit_where_videos_are_made(tmp_path: Path) -
         elsewhere = await bot.run("generate", prompt="@alice waves", duration=2)
         assert elsewhere.code == "wrong_channel" and "<#777>" in elsewhere.text
         inside = await bot.app.core.dispatch(
-            CommandRequest(USER, "generate", {"prompt": "@alice waves", "duration": 2},
-                           channel_id="777")
+            CommandRequest(
+                USER, "generate", {"prompt": "@alice waves", "duration": 2}, channel_id="777"
+            )
         )
         assert not inside.is_error, inside.text
         removed = await bot.run("settings channel remove", channel="777")
