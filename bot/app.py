@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 from aiohttp.web import RouteDef
 
+from adapters.chat.base import ChatAdapter
 from adapters.chat.console import ConsoleChat, ConsoleOutput
 from adapters.chat.console import run_console as console_session
 from adapters.http import HttpServer, build_app
@@ -83,11 +84,7 @@ async def build(
             httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
         )
         metrics = PrometheusMetrics()
-        links = MediaLinks(
-            load_or_create_secret(settings.data_dir / "secrets" / "media.key").encode(),
-            settings.public_url,
-            ttl_seconds=settings.media_link_seconds,
-        )
+        links = media_links(settings, settings.media_link_seconds)
         context = ProviderContext(settings, client, links, metrics)
         providers = await _providers(context, stack)
         http: HttpServer | None = None
@@ -216,3 +213,60 @@ async def run_console(
     finally:
         await app.close()
     return 0
+
+
+#: Links posted in chat (a video too large to upload) are kept by people: they last a week.
+CHAT_LINK_SECONDS = 7 * 24 * 3600
+
+
+def media_links(settings: Settings, ttl_seconds: int) -> MediaLinks:
+    """Signed ``/media`` links under the secret kept in the data folder."""
+    secret = load_or_create_secret(settings.data_dir / "secrets" / "media.key").encode()
+    return MediaLinks(secret, settings.public_url, ttl_seconds=ttl_seconds)
+
+
+def chat_adapters(settings: Settings) -> dict[str, ChatAdapter]:
+    """An adapter for every chat platform whose tokens are set."""
+    adapters: dict[str, ChatAdapter] = {}
+    if "discord" in settings.chat_platforms:
+        from adapters.chat.discord import DiscordAdapter
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        links = media_links(settings, CHAT_LINK_SECONDS)
+        adapters["discord"] = DiscordAdapter(settings, link_for=links.url_for)
+    if "slack" in settings.chat_platforms:
+        from adapters.chat.slack import SlackAdapter
+
+        adapters["slack"] = SlackAdapter(settings)
+    return adapters
+
+
+async def run_bot(settings: Settings) -> int:
+    """``r2v run`` with chat tokens set: every configured platform, until SIGTERM or Ctrl-C."""
+    adapters = chat_adapters(settings)
+    routes = [route for adapter in adapters.values() for route in adapter.routes()]
+    app = await build(settings, adapters, routes=routes)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        for name, adapter in adapters.items():
+            await adapter.start(app.core)
+            log.info("%s connected", name)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await app.close()  # the engine stops before the platforms it posts to
+        for adapter in adapters.values():
+            with contextlib.suppress(Exception):
+                await adapter.close()
+    return 0
+
+
+async def discord_invite(settings: Settings) -> str:
+    """The invite URL of the bot's Discord application (``r2v discord invite``)."""
+    from adapters.chat.discord import fetch_application_id, invite_url
+
+    return invite_url(await fetch_application_id(settings))

@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("doctor", help="check the set-up and say what is wrong")
     sub.add_parser("worker", help="run the local GPU worker service")
     sub.add_parser("version", help="print the version")
+    discord = sub.add_parser("discord", help="Discord set-up helpers")
+    discord.add_argument("action", choices=["invite"], help="invite: print the bot's invite URL")
     samples = sub.add_parser("samples", help="write small sample media to try the bot with")
     samples.add_argument("folder", nargs="?", default="samples", type=Path)
     return parser
@@ -61,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"r2v: {exc.message}", file=sys.stderr)
         return 2
     _configure_logging(settings)
+    if command == "discord":
+        return _discord_invite(settings)
     if command == "doctor":
         from bot.doctor import run_doctor
 
@@ -69,16 +73,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("r2v: the local GPU worker is not part of this version yet.", file=sys.stderr)
         return 2
     if command == "run":
-        platforms = settings.chat_platforms
-        if platforms:
-            print(
-                f"r2v: {', '.join(platforms)} tokens are set, but the chat adapters for them are "
-                "not part of this version yet. Unset them to use the console.",
-                file=sys.stderr,
-            )
-            return 2
+        if settings.chat_platforms:
+            from bot.app import run_bot
+
+            try:
+                return asyncio.run(run_bot(settings))
+            except ConfigurationError as exc:
+                print(f"r2v: {exc.message}", file=sys.stderr)
+                return 2
         args = _parser().parse_args(["console"])
     return _run_console(settings, args)
+
+
+def _discord_invite(settings: Settings) -> int:
+    """``r2v discord invite``: the URL that adds the bot with exactly the permissions it uses."""
+    if settings.discord_token is None:
+        print(
+            "r2v: set DISCORD_TOKEN first: the invite names the bot's application.", file=sys.stderr
+        )
+        return 2
+    from bot.app import discord_invite
+
+    try:
+        print(asyncio.run(discord_invite(settings)))
+    except ConfigurationError as exc:
+        print(f"r2v: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _configure_logging(settings: Settings) -> None:

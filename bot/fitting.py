@@ -566,3 +566,65 @@ def _duration(container: InputContainer, stream: Stream) -> float:
     if duration is None:
         raise ValueError("the clip states no length and has no timed packets")
     return duration
+
+
+# --- results: shrinking a finished video to an upload limit ----------------------------------
+
+#: The fewest bits a shrunk video may spend on each pixel of each frame. Below it H.264 shows
+#: more blocks than picture, and a link to the full video serves people better than an upload.
+WATCHABLE_BITS_PER_PIXEL: Final = 0.04
+_SHRINK_PASSES: Final = 2
+
+
+async def shrink_video(
+    path: Path, max_bytes: int, workdir: Path, *, mime: str = "video/mp4"
+) -> FittedFile | None:
+    """A copy of a finished video re-encoded to at most ``max_bytes``; ``None`` when it fits.
+
+    Chat platforms cap uploads (Discord: 10 MiB on most servers), and a result may be larger.
+    The bitrate comes from the bytes and seconds allowed, the sound keeping its share; when the
+    first encoding overshoots, a second one aims lower by the excess. Frame size, rate, length
+    and sound are kept. Raises ``InvalidMedia`` (code ``cannot_fit``) when the bitrate would
+    fall below ``WATCHABLE_BITS_PER_PIXEL`` or the second encoding is still too large; the
+    caller then links to the video instead.
+    """
+    work = asyncio.ensure_future(asyncio.to_thread(_shrink, path, max_bytes, workdir, mime))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        work.add_done_callback(_discard_result)
+        raise
+
+
+def _shrink(path: Path, max_bytes: int, workdir: Path, mime: str) -> FittedFile | None:
+    if path.stat().st_size <= max_bytes:
+        return None
+    try:
+        with _open(path, mime) as source:
+            if not source.streams.video:
+                raise InvalidMedia("This video has no picture to shrink.")
+            video = source.streams.video[0]
+            duration = _duration(source, video)
+            rate = float(video.average_rate or video.guessed_rate or 24)
+            pixels = video.codec_context.width * video.codec_context.height
+            audio = source.streams.audio[0] if source.streams.audio else None
+            sound_bps = _channels(audio) * _AAC_BPS_PER_CHANNEL if audio is not None else 0
+    except _UNREADABLE as exc:
+        raise InvalidMedia("This video cannot be read, so it cannot be shrunk.") from exc
+    floor = WATCHABLE_BITS_PER_PIXEL * pixels * rate
+    bitrate = _video_bitrate(duration, max_bytes, sound_bps)
+    with _output(workdir, "video/mp4") as dest:
+        for _ in range(_SHRINK_PASSES):
+            if bitrate < floor:
+                break
+            _encode_start(path, mime, dest, duration, bitrate)
+            written = dest.stat().st_size
+            if written <= max_bytes:
+                note = f"re-encoded at {bitrate // 1000} kb/s to fit {describe_amount(max_bytes)}"
+                return FittedFile(dest, "video/mp4", note)
+            bitrate = int(bitrate * min(0.9, max_bytes / written * 0.95))
+        raise InvalidMedia(
+            f"This {duration:.0f} s video cannot be made as small as "
+            f"{describe_amount(max_bytes)} and still be watchable.",
+            code="cannot_fit",
+        )

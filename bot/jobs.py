@@ -47,6 +47,9 @@ from bot.status import delivery_text, status_text
 
 log = logging.getLogger(__name__)
 
+#: The least time between two progress edits of one status message.
+PROGRESS_EDIT_SECONDS = 2.0
+
 OPEN_STATES = frozenset({JobState.SUBMITTED, JobState.RUNNING, JobState.DELIVERING})
 
 
@@ -138,6 +141,7 @@ class JobEngine:
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._wakes: dict[str, asyncio.Event] = {}
         self._shown_positions: dict[str, int] = {}
+        self._progress_shown: dict[str, float] = {}
         self._pump_lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._closing = False
@@ -383,6 +387,7 @@ class JobEngine:
         finally:
             self._drivers.pop(job_id, None)
             self._wakes.pop(job_id, None)
+            self._progress_shown.pop(job_id, None)
             self._changed.set()
             if not self._closing:
                 asyncio.get_running_loop().call_soon(self._schedule_pump)
@@ -544,7 +549,11 @@ class JobEngine:
             return await self._advance(job.id, JobState.RUNNING, progress=status.progress)
         if status.progress is not None and status.progress != job.progress:
             job = await self._store.update(job.id, progress=status.progress)
-            await self._announce(job)
+            # Chat platforms rate-limit edits (Discord: about 5 per 5 s a channel).
+            now = self._clock()
+            if now - self._progress_shown.get(job.id, 0.0) >= PROGRESS_EDIT_SECONDS:
+                self._progress_shown[job.id] = now
+                await self._announce(job)
         return job
 
     async def _fetch(self, job: Job, provider: Provider, status: TaskStatus) -> Job | None:

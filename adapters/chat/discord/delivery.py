@@ -1,0 +1,150 @@
+"""Posting a finished video: fitted to the server's upload limit, and posted once.
+
+The limit is read from the guild (its boost tier sets it: 10 MiB, 50 MiB at tier 2, 100 MiB at
+tier 3), never assumed. A larger video is re-encoded to fit (``bot.fitting.shrink_video``); one
+that cannot fit at a watchable quality is posted as a link to our signed ``/media`` route.
+
+A delivery may be repeated: after a crash the engine delivers a job again. Every send carries a
+nonce made from the job id with ``enforce_nonce``, and Discord answers a repeated send (within a
+few minutes) with the first message instead of posting a second one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import discord
+
+from adapters.chat.discord.context import fit_content
+from adapters.chat.discord.views import result_view
+from bot.errors import InvalidMedia
+from bot.fitting import shrink_video
+from bot.media import describe_amount
+from bot.models import Job
+
+log = logging.getLogger(__name__)
+
+#: ``link_for(blob, mime)``: a signed, expiring URL of our ``/media`` route, or ``None`` when the
+#: bot has no public address (``adapters.http.media.MediaLinks.url_for`` fits).
+LinkFor = Callable[[str, str], str | None]
+
+_MP4: Final = "video/mp4"
+#: HTTP 413: the upload was larger than Discord takes (the guild's tier fell meanwhile).
+_TOO_LARGE: Final = 413
+_EMBED_MAX: Final = 4096
+
+
+def nonce_for(job: Job) -> str:
+    """The nonce of a job's video message: the same on every attempt (Discord: ≤ 25 chars)."""
+    return f"r2v{job.id}"[:25]
+
+
+class Delivery:
+    """Posts videos with the bot's token into the job's thread, or its channel."""
+
+    def __init__(
+        self,
+        client: discord.Client,
+        workdir: Path,
+        *,
+        link_for: LinkFor | None = None,
+        max_upload_bytes: int | None = None,
+    ) -> None:
+        self._client = client
+        self._workdir = workdir
+        self._link_for = link_for
+        self._max_upload = max_upload_bytes
+
+    async def deliver(self, job: Job, video: Path, text: str) -> None:
+        """Post ``video`` mentioning its owner, ``text`` (the core's words) in an embed, and the
+        result buttons under it."""
+        limit = await self.upload_limit(job)
+        size = (await asyncio.to_thread(video.stat)).st_size
+        upload: Path | None = video
+        fitted = None
+        if size > limit:
+            try:
+                fitted = await shrink_video(video, limit, self._workdir)
+            except InvalidMedia as exc:
+                log.info("job %s: %s; posting a link", job.id, exc.message)
+                upload = None
+            else:
+                upload = fitted.path if fitted is not None else video
+        note = ""
+        if fitted is not None:
+            note = f"(re-encoded to fit this server's {describe_amount(limit)} upload limit)"
+        try:
+            if upload is not None:
+                try:
+                    await self._send(job, text, upload=upload, note=note)
+                    return
+                except discord.HTTPException as exc:
+                    if exc.status != _TOO_LARGE:
+                        raise
+                    log.warning("job %s: Discord refused the upload as too large", job.id)
+            await self._send(job, text, note=self._link_note(job, size, limit))
+        finally:
+            if fitted is not None:
+                await asyncio.to_thread(fitted.path.unlink, missing_ok=True)
+
+    async def upload_limit(self, job: Job) -> int:
+        """The most bytes one file may have in the job's server (its boost tier decides).
+
+        When the guild cannot be read, the smallest limit any server has is used, so the video
+        is still posted rather than the finished job failing.
+        """
+        try:
+            guild = await self._client.fetch_guild(
+                int(job.destination.server_id), with_counts=False
+            )
+            limit = guild.filesize_limit
+        except discord.HTTPException:
+            log.warning("job %s: could not read the server's upload limit", job.id, exc_info=True)
+            limit = discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+        return min(limit, self._max_upload) if self._max_upload is not None else limit
+
+    async def _send(
+        self, job: Job, text: str, *, upload: Path | None = None, note: str = ""
+    ) -> None:
+        d = job.destination
+        target = self._client.get_partial_messageable(int(d.thread_id or d.channel_id))
+        user = int(d.user_id)
+        options: dict[str, Any] = {
+            "content": fit_content(f"<@{user}> {note}".strip()),
+            "embed": discord.Embed(description=text[:_EMBED_MAX]).set_footer(text=f"Job {job.id}"),
+            "view": result_view(job),
+            "nonce": nonce_for(job),
+            # The prompt may say @everyone: only the video's owner is pinged.
+            "allowed_mentions": discord.AllowedMentions(
+                everyone=False, roles=False, users=[discord.Object(user)]
+            ),
+        }
+        if upload is None:
+            await target.send(**options)
+            return
+        handle = await asyncio.to_thread(upload.open, "rb")
+        try:
+            await target.send(file=discord.File(handle, filename=f"{job.id}.mp4"), **options)
+        finally:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(handle.close)
+
+    def _link_note(self, job: Job, size: int, limit: int) -> str:
+        link = None
+        if self._link_for is not None and job.result_blob:
+            link = self._link_for(job.result_blob, _MP4)
+        too_large = (
+            f"The video ({describe_amount(size)}) is larger than this server's "
+            f"{describe_amount(limit)} upload limit, even re-encoded at a watchable quality"
+        )
+        if link is None:
+            return (
+                f"{too_large}, and this bot has no public address to link it from; ask its "
+                "operator to set R2V_PUBLIC_URL."
+            )
+        return f"{too_large}; watch or download it here: {link}"
