@@ -46,7 +46,7 @@ from adapters.providers.jwks import JwksCache
 from adapters.providers.multipart import MultipartFile
 from adapters.webhooks import DEFAULT_TOLERANCE, check_timestamp, header
 from bot.errors import ProviderError, WebhookRejected
-from bot.models import MIME_EXTENSIONS, MediaKind
+from bot.models import MIME_EXTENSIONS
 from bot.ports import (
     Capabilities,
     KeyCheck,
@@ -225,14 +225,8 @@ class AtlasCloudProvider(HostedProvider):
 
     async def _body(self, request: ProviderRequest) -> dict[str, Any]:
         """The flat input object: references uploaded, in slot order by kind, one voice."""
-        images: list[str] = []
-        videos: list[str] = []
-        voices: list[tuple[str, str]] = []
-        for reference in request.references:
-            url, voice = await self.stage(reference)
-            (videos if reference.kind is MediaKind.VIDEO else images).append(url)
-            if voice is not None:
-                voices.append((reference.label, voice))
+        staged = await self.stage_all(request)
+        images, videos, voices = staged.images, staged.videos, staged.voices
         body: dict[str, Any] = {"model": self.model, "prompt": request.prompt}
         if request.negative_prompt:
             body["negative_prompt"] = request.negative_prompt

@@ -23,6 +23,7 @@ from adapters.http.media import MediaLinks
 from adapters.local_files import local_file
 from adapters.providers.download import stream_download
 from bot.errors import ConfigurationError, ProviderError
+from bot.models import MediaKind
 from bot.ports import (
     Capabilities,
     KeyCheck,
@@ -30,6 +31,7 @@ from bot.ports import (
     Metrics,
     NoMetrics,
     PriceTable,
+    ProviderRequest,
     StagedReference,
     TaskState,
     TaskStatus,
@@ -277,6 +279,16 @@ def map_state(provider: str, raw: object, table: Mapping[str, TaskState]) -> Tas
     return state
 
 
+@dataclass
+class StagedRequest:
+    """A request's references as the provider will fetch them: URLs by kind, in slot order, and
+    (label, URL) of each voice."""
+
+    images: list[str] = field(default_factory=list)
+    videos: list[str] = field(default_factory=list)
+    voices: list[tuple[str, str]] = field(default_factory=list)
+
+
 class FileBody:
     """A file as a request body: read from disk a chunk at a time, and sendable again (each
     iteration opens the file anew), so a retried upload starts from its first byte."""
@@ -338,6 +350,16 @@ class HostedProvider:
                 code="configuration_error",
             )
         return url
+
+    async def stage_all(self, request: ProviderRequest) -> StagedRequest:
+        """Every reference staged, split by kind in slot order, with the voices riding along."""
+        staged = StagedRequest()
+        for reference in request.references:
+            url, voice = await self.stage(reference)
+            (staged.videos if reference.kind is MediaKind.VIDEO else staged.images).append(url)
+            if voice is not None:
+                staged.voices.append((reference.label, voice))
+        return staged
 
     async def stage(self, reference: StagedReference) -> tuple[str, str | None]:
         """URLs for a reference and for the voice riding with it."""

@@ -40,7 +40,7 @@ from adapters.providers.base import (
 from adapters.providers.jwks import JwksCache
 from adapters.webhooks import DEFAULT_TOLERANCE, check_timestamp, header
 from bot.errors import ProviderError, WebhookRejected
-from bot.models import MIME_EXTENSIONS, MediaKind
+from bot.models import MIME_EXTENSIONS
 from bot.ports import (
     Capabilities,
     KeyCheck,
@@ -241,11 +241,8 @@ class FalProvider(HostedProvider):
 
     async def _input(self, request: ProviderRequest) -> dict[str, Any]:
         """The model's input: references uploaded to fal's CDN, in slot order by kind."""
-        images: list[str] = []
-        videos: list[str] = []
-        for reference in request.references:
-            url = await self.stage_file(reference.blob, str(reference.path), reference.mime)
-            (videos if reference.kind is MediaKind.VIDEO else images).append(url)
+        staged = await self.stage_all(request)
+        images, videos = staged.images, staged.videos
         body: dict[str, Any] = {"prompt": request.prompt}
         if images:
             body["reference_image_urls"] = images

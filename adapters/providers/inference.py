@@ -31,7 +31,7 @@ from adapters.providers.base import (
     map_state,
 )
 from bot.errors import ProviderError
-from bot.models import MIME_EXTENSIONS, MediaKind
+from bot.models import MIME_EXTENSIONS
 from bot.ports import (
     Capabilities,
     KeyCheck,
@@ -238,14 +238,8 @@ class InferenceProvider(HostedProvider):
         return uri
 
     async def _inputs(self, request: ProviderRequest) -> dict[str, Any]:
-        images: list[str] = []
-        videos: list[str] = []
-        voices: list[tuple[str, str]] = []
-        for reference in request.references:
-            url, voice = await self.stage(reference)
-            (videos if reference.kind is MediaKind.VIDEO else images).append(url)
-            if voice is not None:
-                voices.append((reference.label, voice))
+        staged = await self.stage_all(request)
+        images, videos, voices = staged.images, staged.videos, staged.voices
         f = self._fields
         inputs: dict[str, Any] = {
             f["prompt"]: request.prompt,

@@ -34,7 +34,7 @@ from adapters.providers.base import (
 from adapters.providers.multipart import MultipartFile
 from adapters.webhooks import DEFAULT_TOLERANCE
 from bot.errors import ConfigurationError, ProviderError, WebhookRejected
-from bot.models import MIME_EXTENSIONS, MediaKind
+from bot.models import MIME_EXTENSIONS
 from bot.ports import (
     Capabilities,
     KeyCheck,
@@ -198,11 +198,8 @@ class ReplicateProvider(HostedProvider):
 
     async def _input(self, request: ProviderRequest) -> dict[str, Any]:
         """The model's input: references uploaded as Replicate files, in slot order by kind."""
-        images: list[str] = []
-        videos: list[str] = []
-        for reference in request.references:
-            url = await self.stage_file(reference.blob, str(reference.path), reference.mime)
-            (videos if reference.kind is MediaKind.VIDEO else images).append(url)
+        staged = await self.stage_all(request)
+        images, videos = staged.images, staged.videos
         inputs: dict[str, Any] = {"prompt": request.prompt}
         if images:
             inputs["reference_images"] = images
