@@ -13,6 +13,7 @@ COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY adapters ./adapters
 COPY storage ./storage
+COPY worker ./worker
 RUN pip install . && useradd --create-home --uid 10001 r2v && mkdir -p /data && chown r2v /data
 
 USER r2v

@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
         "--no-wait", action="store_true", help="exit at the end of input without waiting for jobs"
     )
     sub.add_parser("doctor", help="check the set-up and say what is wrong")
-    sub.add_parser("worker", help="run the local GPU worker service")
+    # Its options are the worker's own (r2v worker --help), passed through untouched.
+    sub.add_parser("worker", help="run the local GPU worker service", add_help=False)
     sub.add_parser("version", help="print the version")
     discord = sub.add_parser("discord", help="Discord set-up helpers")
     discord.add_argument("action", choices=["invite"], help="invite: print the bot's invite URL")
@@ -46,8 +47,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
     command = args.command or "run"
+    if command == "worker":
+        from worker.cli import main as worker_main
+
+        return worker_main(extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if command == "version":
         print(f"r2v-bot {__version__}")
         return 0
@@ -69,9 +77,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bot.doctor import run_doctor
 
         return asyncio.run(run_doctor(settings))
-    if command == "worker":
-        print("r2v: the local GPU worker is not part of this version yet.", file=sys.stderr)
-        return 2
     if command == "run":
         if settings.chat_platforms:
             from bot.app import run_bot

@@ -93,7 +93,7 @@ def _file(name: str, kind: MediaKind | None, help_text: str, required: bool = Fa
     return Option(name, OptionType.ATTACHMENT, help_text, required=required, media_kind=kind)
 
 
-RESOLUTIONS = ("720p", "1080p")
+RESOLUTIONS = ("480p", "720p", "1080p")
 ASPECT_RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4")
 ITEMS = ("image1", "image2", "image3", "video", "voice")
 
@@ -174,7 +174,10 @@ CATALOG: tuple[Command, ...] = (
             _file("ref3", None, "an image or video to use as @ref3"),
             Option("duration", OptionType.INTEGER, "seconds", default=5, min_value=2, max_value=15),
             Option(
-                "resolution", OptionType.CHOICE, "video size", choices=RESOLUTIONS, default="720p"
+                "resolution",
+                OptionType.CHOICE,
+                "video size; default 720p, or what the provider makes (480p on a 1.3B GPU worker)",
+                choices=RESOLUTIONS,
             ),
             Option(
                 "aspect", OptionType.CHOICE, "aspect ratio", choices=ASPECT_RATIOS, default="16:9"
@@ -358,7 +361,11 @@ def _convert(command: Command, option: Option, raw: Any) -> Any:
     if option.type is OptionType.CHOICE:
         lowered = {c.lower(): c for c in option.choices}
         if text.lower() not in lowered:
-            raise _bad(command, option, raw, " or ".join(option.choices))
+            choices = option.choices
+            listed = (
+                ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
+            )
+            raise _bad(command, option, raw, listed)
         return lowered[text.lower()]
     if option.max_length is not None and len(text) > option.max_length:
         code = "prompt_too_long" if option.name in {"prompt", "negative"} else "invalid_option"

@@ -208,9 +208,10 @@ class Core:
             )
         self._filter.check(o["prompt"], o.get("negative", ""))
         seed = o.get("seed")
+        resolutions = provider.capabilities.resolutions
         options = GenerateOptions(
             duration=o["duration"],
-            resolution=o["resolution"],
+            resolution=o.get("resolution") or ("720p" if "720p" in resolutions else resolutions[0]),
             aspect_ratio=o["aspect"],
             # Always a seed, so "the same video at 1080p" can ask for the same one again.
             seed=seed if seed is not None else secrets.randbelow(SEED_MAX + 1),

@@ -122,11 +122,14 @@ async def _provider_checks(settings: Settings) -> list[Check]:
         context = ProviderContext(settings, client, MediaLinks(b"doctor", settings.public_url))
         for name in settings.configured_providers:
             variable = env_name(PROVIDER_KEY_FIELDS[name])
+            provider = factory(name)(context)
             try:
-                check = await factory(name)(context).check_key()
+                check = await provider.check_key()
             except Exception as exc:
                 results.append(Check(False, f"provider {name}: the check failed ({exc})", False))
                 continue
+            finally:
+                await provider.close()
             if not check.ok:
                 results.append(
                     Check(False, f"provider {name}: {variable} is not accepted — {check.detail}")

@@ -13,9 +13,7 @@ whatever the duration.
 from __future__ import annotations
 
 import math
-import os
 import random
-import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -26,6 +24,7 @@ import av
 from av.audio.stream import AudioStream
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from adapters.mp4 import H264Writer, finished_file
 from bot.errors import R2VError
 from bot.models import MediaKind
 
@@ -132,14 +131,8 @@ def render_storyboard(
             raise RenderFailed(
                 f"Reference “{label}” is a {kind}: only images and videos are shown."
             )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.{secrets.token_hex(4)}.part")
-    try:
+    with finished_file(out) as partial:
         _encode(spec, size, partial, should_stop, on_progress)
-        os.replace(partial, out)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
 
 
 def _encode(
@@ -149,15 +142,11 @@ def _encode(
     should_stop: Callable[[], bool],
     on_progress: Callable[[float], None],
 ) -> None:
-    width, height = size
+    height = size[1]
     total = spec.frame_count
     caption = _caption_band(spec.caption, size)
-    with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"}) as container:
-        video = container.add_stream(
-            "libx264", rate=FPS, options={"preset": "veryfast", "crf": "20"}
-        )
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.codec_context.time_base = Fraction(1, FPS)
+    with H264Writer(path, size, FPS, crf=20) as writer:
+        container = writer.container
         voice: tuple[AudioStream, _Soundtrack] | None = None
         if spec.voices:
             voice = (
@@ -181,9 +170,7 @@ def _encode(
                 picture = shown.picture(index)
                 if caption is not None:
                     picture.paste(caption, (0, height - caption.height), caption)
-                frame = av.VideoFrame.from_image(picture)  # type: ignore[no-untyped-call]
-                frame.pts = index
-                container.mux(video.encode(frame))
+                writer.write(av.VideoFrame.from_image(picture))  # type: ignore[no-untyped-call]
                 if voice is not None:
                     audio, soundtrack = voice
                     for chunk in soundtrack.until((index + 1) * AUDIO_RATE // FPS):
@@ -194,7 +181,6 @@ def _encode(
                 shown.close()
             if voice is not None:
                 voice[1].close()
-        container.mux(video.encode(None))
         if voice is not None:
             container.mux(voice[0].encode(None))
 

@@ -70,7 +70,7 @@ def test_coerce_fills_defaults_and_converts() -> None:
         ({"prompt": "x", "duration": "five"}, "invalid_option"),
         ({"prompt": "x", "seed": "-1"}, "invalid_option"),
         ({"prompt": "x", "seed": "2147483648"}, "invalid_option"),
-        ({"prompt": "x", "resolution": "480p"}, "invalid_option"),
+        ({"prompt": "x", "resolution": "4k"}, "invalid_option"),
         ({"prompt": "x", "aspect": "2:1"}, "invalid_option"),
         ({"prompt": "x", "dry_run": "maybe"}, "invalid_option"),
         ({"prompt": "x" * 5001}, "prompt_too_long"),

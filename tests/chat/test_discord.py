@@ -217,7 +217,7 @@ async def test_the_catalog_is_synced_globally_as_application_commands(
     generate = {o["name"]: o for o in synced["generate"]["options"]}
     assert synced["generate"]["options"][0]["name"] == "prompt"  # required options first
     assert [generate[f"ref{n}"]["type"] for n in (1, 2, 3)] == [11, 11, 11]
-    assert [c["value"] for c in generate["resolution"]["choices"]] == ["720p", "1080p"]
+    assert [c["value"] for c in generate["resolution"]["choices"]] == ["480p", "720p", "1080p"]
     assert [c["value"] for c in generate["aspect"]["choices"]] == [
         "16:9",
         "9:16",

@@ -78,7 +78,7 @@ def test_text_is_read_into_the_catalogs_options(
         (
             "generate @alice resolution=4k",
             "invalid_option",
-            "resolution=4k is not accepted: use 720p or 1080p",
+            "resolution=4k is not accepted: use 480p, 720p or 1080p",
         ),
         ("generate @alice seed=1 seed=2", "invalid_option", "seed= is given twice"),
         (
@@ -114,7 +114,7 @@ def test_option_mistakes_end_with_the_commands_usage_in_slack_syntax() -> None:
 def test_usage_lines_follow_the_catalog() -> None:
     generate = commands.CATALOG_BY_NAME["generate"]
     shown = syntax.usage(generate)
-    assert shown.startswith("/r2v generate <prompt> [duration=<number>] [resolution=720p|1080p]")
+    assert shown.startswith("/r2v generate <prompt> [duration=<number>] [resolution=480p|720p|1080p]")
     # attachments cannot be typed, so they are not offered; every other option is
     for option in generate.options:
         typed = option.type is not commands.OptionType.ATTACHMENT
