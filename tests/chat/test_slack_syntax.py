@@ -114,7 +114,9 @@ def test_option_mistakes_end_with_the_commands_usage_in_slack_syntax() -> None:
 def test_usage_lines_follow_the_catalog() -> None:
     generate = commands.CATALOG_BY_NAME["generate"]
     shown = syntax.usage(generate)
-    assert shown.startswith("/r2v generate <prompt> [duration=<number>] [resolution=480p|720p|1080p]")
+    assert shown.startswith(
+        "/r2v generate <prompt> [duration=<number>] [resolution=480p|720p|1080p]"
+    )
     # attachments cannot be typed, so they are not offered; every other option is
     for option in generate.options:
         typed = option.type is not commands.OptionType.ATTACHMENT
