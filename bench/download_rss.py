@@ -121,25 +121,30 @@ class FetchTimes:
     received: int = 0
 
 
-async def run() -> Result:
+@contextlib.asynccontextmanager
+async def result_server(total: int) -> AsyncIterator[str]:
+    """A loopback server, in its own process, of a ``total``-byte result MP4: its URL."""
     clip = tiny_video().read_bytes()
     context = multiprocessing.get_context("spawn")
     ours, theirs = context.Pipe()
-    server = context.Process(
-        target=serve_result, args=(clip, RESULT_BYTES, theirs), name="result-server"
-    )
+    server = context.Process(target=serve_result, args=(clip, total, theirs), name="result-server")
     server.start()
     theirs.close()
     try:
         if not await asyncio.to_thread(ours.poll, 60):
             raise TimeoutError("the result server did not start within 60 s")
         port: int = ours.recv()
-        return await _measure(f"http://127.0.0.1:{port}/result.mp4")
+        yield f"http://127.0.0.1:{port}/result.mp4"
     finally:
         ours.close()
         await asyncio.to_thread(server.join, 10)
         if server.is_alive():
             server.kill()
+
+
+async def run() -> Result:
+    async with result_server(RESULT_BYTES) as url:
+        return await _measure(url)
 
 
 async def _measure(url: str) -> Result:

@@ -11,6 +11,7 @@ a temporary file, which ``cleanup_tmp`` removes at the next start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -25,6 +26,8 @@ from bot.errors import R2VError
 
 #: Read and write size for copies, and how much a writer gathers before one write to disk.
 CHUNK_BYTES = 1024 * 1024
+#: Written bytes synced to disk while a blob streams in (the final fsync then waits less).
+SYNC_EVERY_BYTES = 8 * 1024 * 1024
 _BLOB_NAME = re.compile(r"[0-9a-f]{64}")
 
 
@@ -54,8 +57,8 @@ def _remove_temp(file: BinaryIO, temp: Path) -> None:
 
 class FileBlobWriter:
     """An open blob being streamed in. Chunks are gathered up to ``CHUNK_BYTES`` and then hashed
-    and written in a worker thread, so the event loop neither blocks on the disk nor holds more
-    than about one batch in memory."""
+    and written in a worker thread while the next batch arrives, so the event loop never blocks
+    on the disk, the download is not paused by it, and at most two batches are in memory."""
 
     def __init__(self, max_bytes: int, file: BinaryIO) -> None:
         self._max_bytes = max_bytes
@@ -66,6 +69,8 @@ class FileBlobWriter:
         self._size = 0
         self._sha256: str | None = None
         self._open = True
+        self._writing: asyncio.Future[None] | None = None
+        self._unsynced = 0
 
     @property
     def size(self) -> int:
@@ -89,19 +94,33 @@ class FileBlobWriter:
             await self._flush()
 
     async def _flush(self) -> None:
+        """Hand the gathered batch to a thread, once the one before it is written."""
         batch, self._pending, self._pending_size = self._pending, [], 0
+        await self._written()
         if batch:
-            await asyncio.to_thread(self._write_batch, batch)
+            self._writing = asyncio.ensure_future(asyncio.to_thread(self._write_batch, batch))
+
+    async def _written(self) -> None:
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
 
     def _write_batch(self, batch: list[bytes]) -> None:
         for chunk in batch:
             self._hash.update(chunk)
             self._file.write(chunk)
+        self._unsynced += sum(len(chunk) for chunk in batch)
+        if self._unsynced >= SYNC_EVERY_BYTES:
+            # Sync as the bytes arrive, so the final fsync has little left to wait for.
+            self._file.flush()
+            os.fdatasync(self._file.fileno())
+            self._unsynced = 0
 
     async def _finish(self) -> str:
         """Write what is left, sync and close the file; answer the content's sha256."""
         self._open = False
         await self._flush()
+        await self._written()
         await asyncio.to_thread(self._sync_and_close)
         return self._hash.hexdigest()
 
@@ -187,7 +206,11 @@ class FileBlobStore:
             await self._install(temp, digest)
         except BaseException:
             writer._open = False
-            await asyncio.to_thread(_remove_temp, file, temp)
+            try:
+                with contextlib.suppress(Exception):
+                    await writer._written()  # no thread may still be writing to the file
+            finally:
+                await asyncio.to_thread(_remove_temp, file, temp)
             raise
         writer._sha256 = digest
 
