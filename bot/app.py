@@ -116,7 +116,7 @@ async def build(
 
         async def health() -> dict[str, Any]:
             try:
-                open_jobs = len(await SqliteJobStore(db).unfinished())
+                open_jobs = len(await SqliteJobStore(db).open_jobs())
             except Exception:
                 return {"ok": False, "database": False}
             return {"ok": True, "database": True, "open_jobs": open_jobs}

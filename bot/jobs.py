@@ -28,7 +28,7 @@ from pathlib import Path
 from bot import fitting, media
 from bot.compose import relabel
 from bot.errors import ProviderError, R2VError, Refusal, WebhookRejected
-from bot.models import Actor, Destination, Job, JobSpec, JobState, MediaKind
+from bot.models import Actor, Destination, Job, JobSpec, JobState, MediaKind, OpenJob
 from bot.ports import (
     BlobStore,
     Capabilities,
@@ -298,8 +298,8 @@ class JobEngine:
 
     # -- scheduling ------------------------------------------------------------------------
 
-    async def _served_unfinished(self) -> list[Job]:
-        return [j for j in await self._store.unfinished() if j.destination.platform in self._chats]
+    async def _served_unfinished(self) -> list[OpenJob]:
+        return [j for j in await self._store.open_jobs() if j.platform in self._chats]
 
     async def _pump(self) -> None:
         """Start drivers for resumable jobs and for waiting jobs that fit the limits."""
@@ -313,7 +313,7 @@ class JobEngine:
             for j in running:
                 per_user[(j.server_id, j.user_id)] = per_user.get((j.server_id, j.user_id), 0) + 1
                 per_server[j.server_id] = per_server.get(j.server_id, 0) + 1
-            waiting: list[Job] = []
+            waiting: list[OpenJob] = []
             for job in jobs:
                 if job.id in self._drivers:
                     continue
@@ -333,14 +333,16 @@ class JobEngine:
                     waiting.append(job)
         await self._show_positions(waiting)
 
-    async def _show_positions(self, waiting: Sequence[Job]) -> None:
+    async def _show_positions(self, waiting: Sequence[OpenJob]) -> None:
         positions: dict[str, int] = {}
-        for job in waiting:
-            positions[job.server_id] = positions.get(job.server_id, 0) + 1
-            position = positions[job.server_id]
-            if self._shown_positions.get(job.id) != position:
-                self._shown_positions[job.id] = position
-                await self._announce(job, queue_position=position)
+        for open_job in waiting:
+            positions[open_job.server_id] = positions.get(open_job.server_id, 0) + 1
+            position = positions[open_job.server_id]
+            if self._shown_positions.get(open_job.id) != position:
+                self._shown_positions[open_job.id] = position
+                job = await self._store.get(open_job.id)
+                if job is not None:
+                    await self._announce(job, queue_position=position)
 
     async def _queue_position(self, job: Job) -> int | None:
         """Where a queued job stands among its server's waiting jobs (None: it may run now)."""
@@ -357,7 +359,7 @@ class JobEngine:
         ids = [j.id for j in waiting]
         return ids.index(job.id) + 1 if job.id in ids else None
 
-    def _start_driver(self, job: Job) -> None:
+    def _start_driver(self, job: OpenJob) -> None:
         self._wakes.setdefault(job.id, asyncio.Event())
         task = asyncio.create_task(self._drive(job.id), name=f"job-{job.id}")
         self._drivers[job.id] = task

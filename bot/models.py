@@ -250,6 +250,17 @@ class JobSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenJob:
+    """What the scheduler needs of an unfinished job: no spec, so a scan of many stays cheap."""
+
+    id: str
+    server_id: str
+    user_id: str
+    state: JobState
+    platform: str
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
     id: str
     server_id: str

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from bot.models import Character, CharacterMedia, Job, JobState, MediaKind, Visibility
+from bot.models import Character, CharacterMedia, Job, JobState, MediaKind, OpenJob, Visibility
 from bot.quotas import ServerSettings, Usage
 
 
@@ -290,6 +290,10 @@ class JobStore(Protocol):
     async def update(self, job_id: str, **fields: object) -> Job: ...
 
     async def unfinished(self) -> Sequence[Job]: ...
+
+    async def open_jobs(self) -> Sequence[OpenJob]:
+        """The unfinished jobs, oldest first, without their specs (the scheduler's scan)."""
+        ...
 
     async def recent_for_user(self, server_id: str, user_id: str, limit: int) -> Sequence[Job]: ...
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from bot.models import Destination, Job, JobReference, JobSpec, JobState, MediaKind
+from bot.models import Destination, Job, JobReference, JobSpec, JobState, MediaKind, OpenJob
 from bot.quotas import Usage
 from storage.db import UNFINISHED_CONDITION, Database
 
@@ -294,6 +294,16 @@ class SqliteJobStore:
         if row is None:
             raise LookupError(f"no job with id {job_id}")
         return _job_from_row(row)
+
+    async def open_jobs(self) -> Sequence[OpenJob]:
+        rows = await self._db.fetchall(
+            "SELECT id, server_id, user_id, state, platform FROM jobs"
+            f" WHERE {UNFINISHED_CONDITION} ORDER BY created_at, rowid"
+        )
+        return [
+            OpenJob(r["id"], r["server_id"], r["user_id"], JobState(r["state"]), r["platform"])
+            for r in rows
+        ]
 
     async def unfinished(self) -> Sequence[Job]:
         """Jobs not in a final state, oldest first: what to resume after a restart."""

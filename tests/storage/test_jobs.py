@@ -236,6 +236,15 @@ async def test_unfinished_jobs_oldest_first(store: SqliteJobStore) -> None:
     await store.move("middle", JobState.SUBMITTED)
 
     assert [job.id for job in await store.unfinished()] == ["early", "middle", "late"]
+    light = await store.open_jobs()
+    assert [(j.id, j.state) for j in light] == [
+        ("early", JobState.QUEUED),
+        ("middle", JobState.SUBMITTED),
+        ("late", JobState.QUEUED),
+    ]
+    assert {(j.server_id, j.user_id, j.platform) for j in light} == {
+        (job.server_id, job.user_id, job.destination.platform) for job in await store.unfinished()
+    }
 
 
 async def test_recent_jobs_of_a_user_newest_first(store: SqliteJobStore) -> None:
