@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import av
 from av.audio.stream import AudioStream
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from adapters.mp4 import H264Writer, finished_file
 from bot.errors import R2VError
@@ -242,18 +242,43 @@ def _cover_size(source: tuple[int, int], size: tuple[int, int]) -> tuple[int, in
     return max(size[0], round(source[0] * scale)), max(size[1], round(source[1] * scale))
 
 
+#: Shapes further apart than this are not cropped to fit: a portrait in a landscape frame would
+#: lose its head and feet. They are shown whole over a blurred, dimmed copy of themselves.
+_CROP_LIMIT = 1.25
+
+
+def _framed(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The picture made ready for the camera: cover-fitted when its shape is close to the
+    frame's, else shown whole on a backdrop of itself."""
+    covered = image.resize(
+        _cover_size(image.size, size), Image.Resampling.LANCZOS, reducing_gap=3.0
+    )
+    ratio = (image.width / image.height) / (size[0] / size[1])
+    if max(ratio, 1 / ratio) <= _CROP_LIMIT:
+        return covered
+    width, height = size
+    left, top = (covered.width - width) // 2, (covered.height - height) // 2
+    small = covered.crop((left, top, left + width, top + height)).reduce(8)
+    backdrop = ImageEnhance.Brightness(small.filter(ImageFilter.GaussianBlur(4))).enhance(0.55)
+    canvas = backdrop.resize(size, Image.Resampling.BILINEAR)
+    scale = min(width / image.width, height / image.height)
+    whole = image.resize(
+        (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+        Image.Resampling.LANCZOS,
+    )
+    canvas.paste(whole, ((width - whole.width) // 2, (height - whole.height) // 2))
+    return canvas
+
+
 class _Still:
-    """An image reference, decoded and cover-fitted once."""
+    """An image reference, decoded and framed once."""
 
     def __init__(self, label: str, path: Path, size: tuple[int, int]) -> None:
         try:
             with Image.open(path) as image:
                 image.draft("RGB", size)
                 upright = ImageOps.exif_transpose(image)
-                flat = _flatten(upright)
-                self._base = flat.resize(
-                    _cover_size(flat.size, size), Image.Resampling.LANCZOS, reducing_gap=3.0
-                )
+                self._base = _framed(_flatten(upright), size)
         except _DECODE_ERRORS as exc:
             raise RenderFailed(f"The image of “{label}” could not be read ({exc}).") from exc
 
@@ -344,8 +369,10 @@ class _Moving:
         self._guarded(lambda: self._advance(seconds))
         frame = self._current[1]
         if self._picture is None or self._picture_of is not frame:
-            width, height = _cover_size((frame.width, frame.height), self._size)
-            self._picture = self._guarded(lambda: frame.to_image(width=width, height=height))
+            scale = max(self._size[0] / frame.width, self._size[1] / frame.height)
+            width, height = round(frame.width * scale), round(frame.height * scale)
+            decoded = self._guarded(lambda: frame.to_image(width=width, height=height))
+            self._picture = _framed(decoded, self._size)
             self._picture_of = frame
         assert self._picture is not None
         return self._picture

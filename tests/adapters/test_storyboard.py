@@ -130,7 +130,7 @@ def test_three_second_clip_is_a_faststart_h264_mp4_with_voice(tmp_path: Path) ->
 
 
 def test_upright_clip_without_voice_has_no_audio_and_a_three_line_caption(tmp_path: Path) -> None:
-    image = make_image(tmp_path / "a.png", size=(400, 400), color=(230, 230, 230))
+    image = make_image(tmp_path / "a.png", size=(400, 640), color=(230, 230, 230))
     out = tmp_path / "clip.mp4"
     spec = RenderSpec(
         references=(("Image 1", MediaKind.IMAGE, image),),
@@ -530,3 +530,31 @@ async def test_download_serves_only_its_own_results(make_provider: Any, tmp_path
         async for _ in provider.download(forged):
             pass
     assert caught.value.code == "no_result"
+
+
+def test_a_portrait_in_a_landscape_frame_is_shown_whole_not_cropped(tmp_path: Path) -> None:
+    # A tall picture whose top tenth (the head) is pure red: cropping it to 16:9 would cut it.
+    portrait = Image.new("RGB", (300, 600), (40, 160, 40))
+    portrait.paste((255, 0, 0), (0, 0, 300, 60))
+    path = tmp_path / "tall.png"
+    portrait.save(path)
+    out = tmp_path / "clip.mp4"
+    spec = RenderSpec(
+        references=(("Image 1", MediaKind.IMAGE, path),),
+        caption="",
+        duration=2,
+        resolution="720p",
+        aspect_ratio="16:9",
+    )
+
+    render_storyboard(spec, out)
+
+    for picture in (next(frames(out)), list(frames(out))[-1]):
+        rgb = picture.convert("RGB")
+        reds = sum(
+            1
+            for x in range(0, 1280, 8)
+            for y in range(0, 720, 8)
+            if (p := rgb.getpixel((x, y))) and p[0] > 200 and p[1] < 60  # type: ignore[index]
+        )
+        assert reds > 40, "the head of the picture is in the frame"
