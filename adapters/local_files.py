@@ -1,9 +1,13 @@
-"""Local files as ``IncomingFile`` values: read in a thread, a chunk at a time."""
+"""Local files: read as ``IncomingFile`` values (in a thread, a chunk at a time), and written
+whole or not at all (``finished_file``)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bot.errors import Refusal
@@ -26,3 +30,16 @@ def local_file(path: Path) -> IncomingFile:
             await asyncio.to_thread(handle.close)
 
     return IncomingFile(name=path.name, open=chunks, declared_size=path.stat().st_size)
+
+
+@contextmanager
+def finished_file(out: Path) -> Iterator[Path]:
+    """A temporary path beside ``out`` to write to: renamed to ``out`` when the block exits
+    cleanly, removed when it does not, so a reader never finds half a file under ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.{secrets.token_hex(4)}.part")
+    try:
+        yield partial
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)

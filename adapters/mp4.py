@@ -11,29 +11,12 @@ memory stays flat whatever the length.
 
 from __future__ import annotations
 
-import os
-import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import av
-
-
-@contextmanager
-def finished_file(out: Path) -> Iterator[Path]:
-    """A temporary path beside ``out`` to write to: renamed to ``out`` when the block exits
-    cleanly, removed when it does not, so a reader never finds half a file under ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.{secrets.token_hex(4)}.part")
-    try:
-        yield partial
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 class H264Writer:

@@ -5,19 +5,27 @@ so one implementation serves them all. It is written on ``hmac`` directly rather
 ``standardwebhooks`` package because that package decodes bodies as UTF-8, cannot be given a
 clock, and fails with a bare ``ValueError`` on a malformed signature list; here every rejection is
 a ``WebhookRejected`` whose message says what was wrong.
+
+``send_signed`` is the sending side both of our senders share: sign, POST, retry on a schedule
+under one message id, and log failures without the URL's query or the secret.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
 
 from bot.errors import ConfigurationError, WebhookRejected
 
@@ -29,10 +37,22 @@ _ID = "webhook-id"
 _TIMESTAMP = "webhook-timestamp"
 _SIGNATURE = "webhook-signature"
 
+#: Seconds between delivery attempts: four attempts in all, over about ten seconds.
+DEFAULT_BACKOFF = (0.5, 2.0, 8.0)
+#: Seconds one delivery attempt may take.
+DEFAULT_SEND_TIMEOUT = 10.0
+
+log = logging.getLogger(__name__)
+
 
 def new_secret() -> str:
     """A fresh signing secret in the specification's form: ``whsec_`` and 24 random bytes."""
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(24)).decode("ascii")
+
+
+def new_message_id() -> str:
+    """A fresh ``webhook-id``: ``msg_`` and 18 random bytes."""
+    return "msg_" + secrets.token_urlsafe(18)
 
 
 def _key(secret: str) -> bytes:
@@ -64,13 +84,66 @@ def signed_headers(
     A retried delivery should pass the first attempt's ``msg_id`` so the receiver can tell it is
     the same message; the timestamp is the attempt's own (now, unless given).
     """
-    msg_id = msg_id or "msg_" + secrets.token_urlsafe(18)
+    msg_id = msg_id or new_message_id()
     timestamp = int(time.time()) if timestamp is None else timestamp
     return {
         _ID: msg_id,
         _TIMESTAMP: str(timestamp),
         _SIGNATURE: sign(secret, msg_id, timestamp, body),
     }
+
+
+async def send_signed(
+    client: httpx.AsyncClient,
+    url: str,
+    body: bytes,
+    secret: str,
+    *,
+    backoff: Sequence[float] = DEFAULT_BACKOFF,
+    attempt_timeout: float = DEFAULT_SEND_TIMEOUT,
+    what: str = "Webhook",
+    content_type: str = "application/json",
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+) -> bool:
+    """POST ``body`` to ``url`` signed with ``secret``; answer whether a 2xx came back.
+
+    A failed attempt (a transport error or a status other than 2xx) is tried again after each
+    wait in ``backoff`` in turn, so ``len(backoff) + 1`` attempts in all. Every attempt carries
+    the same ``webhook-id`` (the receiver can tell a retry from a new message), is signed afresh
+    with its own timestamp, and may take ``attempt_timeout`` seconds. Each failure is logged as
+    a warning that starts with ``what`` (say "Webhook for task_1") and names the URL without
+    its query, user or password (a receiver's token often rides in the query); neither the
+    secret nor the signature is logged. Cancelling the caller stops the retries.
+    """
+    msg_id = new_message_id()
+    where = without_secrets(url)
+    attempts = len(backoff) + 1
+    for attempt in range(1, attempts + 1):
+        headers = signed_headers(secret, body, msg_id=msg_id)
+        headers["content-type"] = content_type
+        try:
+            response = await client.post(
+                url, content=body, headers=headers, timeout=attempt_timeout
+            )
+        except httpx.HTTPError as exc:
+            reason = type(exc).__name__  # not str(exc), which can quote the whole URL
+        else:
+            if response.is_success:
+                return True
+            reason = f"HTTP {response.status_code}"
+        log.warning(
+            "%s to %s failed (%s), attempt %d of %d", what, where, reason, attempt, attempts
+        )
+        if attempt < attempts:
+            await sleep(backoff[attempt - 1])
+    return False
+
+
+def without_secrets(url: str) -> str:
+    """A URL fit for logs: no query or fragment (tokens live there) and no user or password."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}"
 
 
 def verify(

@@ -15,7 +15,8 @@ from typing import Any
 
 import av
 
-from adapters.mp4 import H264Writer, finished_file
+from adapters.local_files import finished_file
+from adapters.mp4 import H264Writer
 
 PRESET = "medium"
 

@@ -282,30 +282,15 @@ class Worker:
                 "data": {"id": record.id, "state": record.state.value},
             }
         ).encode()
-        msg_id = "msg_" + secrets.token_urlsafe(18)
-        where = url.split("?", 1)[0]  # the query holds the receiver's token
-        attempts = len(WEBHOOK_BACKOFF) + 1
-        for attempt in range(1, attempts + 1):
-            headers = webhooks.signed_headers(self._secret, body, msg_id=msg_id)
-            headers["content-type"] = "application/json"
-            try:
-                response = await self._client.post(url, content=body, headers=headers)
-            except httpx.HTTPError as exc:
-                reason = type(exc).__name__
-            else:
-                if response.is_success:
-                    return
-                reason = f"HTTP {response.status_code}"
-            log.warning(
-                "Webhook for %s to %s failed (%s), attempt %d of %d",
-                record.id,
-                where,
-                reason,
-                attempt,
-                attempts,
-            )
-            if attempt < attempts:
-                await asyncio.sleep(WEBHOOK_BACKOFF[attempt - 1])
+        await webhooks.send_signed(
+            self._client,
+            url,
+            body,
+            self._secret,
+            backoff=WEBHOOK_BACKOFF,
+            attempt_timeout=WEBHOOK_TIMEOUT,
+            what=f"Webhook for {record.id}",
+        )
 
     async def _clean_up(self) -> None:
         """Remove the tasks (and their videos) that ended over ``keep_hours`` ago."""

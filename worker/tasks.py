@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from adapters.local_files import finished_file
 from bot.errors import R2VError
 from bot.ports import TaskState
 from worker.formats import ClipFormat
@@ -219,10 +220,5 @@ def reference_path(folder: Path, index: int) -> Path:
 
 
 def _write_record(folder: Path, record: TaskRecord) -> None:
-    path = folder / RECORD
-    partial = folder / f".{RECORD}.{secrets.token_hex(4)}.part"
-    try:
+    with finished_file(folder / RECORD) as partial:
         partial.write_text(json.dumps(record.to_json(), indent=2), encoding="utf-8")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)

@@ -24,7 +24,8 @@ import av
 from av.audio.stream import AudioStream
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-from adapters.mp4 import H264Writer, finished_file
+from adapters.local_files import finished_file
+from adapters.mp4 import H264Writer
 from bot.errors import R2VError
 from bot.models import MediaKind
 

@@ -17,7 +17,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 import re
 import secrets
 import threading
@@ -32,6 +31,7 @@ from urllib.request import url2pathname
 import httpx
 
 from adapters import webhooks
+from adapters.local_files import finished_file
 from adapters.providers.render import RenderCancelled, RenderSpec, render_storyboard
 from bot.errors import ProviderError, R2VError
 from bot.models import MediaKind
@@ -425,32 +425,15 @@ class StoryboardProvider:
         body = json.dumps(
             {"type": kind, "data": {"task_id": task_id, "status": state.value}}
         ).encode()
-        msg_id = "msg_" + secrets.token_urlsafe(18)
-        where = _without_secrets(url)
-        attempts = len(WEBHOOK_BACKOFF) + 1
-        for attempt in range(1, attempts + 1):
-            headers = webhooks.signed_headers(self._secret, body, msg_id=msg_id)
-            headers["content-type"] = "application/json"
-            try:
-                response = await self._client.post(
-                    url, content=body, headers=headers, timeout=WEBHOOK_TIMEOUT
-                )
-            except httpx.HTTPError as exc:
-                reason = type(exc).__name__
-            else:
-                if response.is_success:
-                    return
-                reason = f"HTTP {response.status_code}"
-            log.warning(
-                "Storyboard webhook for %s to %s failed (%s), attempt %d of %d",
-                task_id,
-                where,
-                reason,
-                attempt,
-                attempts,
-            )
-            if attempt < attempts:
-                await asyncio.sleep(WEBHOOK_BACKOFF[attempt - 1])
+        await webhooks.send_signed(
+            self._client,
+            url,
+            body,
+            self._secret,
+            backoff=WEBHOOK_BACKOFF,
+            attempt_timeout=WEBHOOK_TIMEOUT,
+            what=f"Storyboard webhook for {task_id}",
+        )
 
     # Task files -------------------------------------------------------------------------------
 
@@ -480,15 +463,8 @@ class StoryboardProvider:
 
     def _write(self, record: TaskRecord) -> None:
         """Replace the task file whole, so a reader never sees half of one."""
-        self._tasks_dir.mkdir(parents=True, exist_ok=True)
-        path = self._task_path(record.task_id)
-        partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-        try:
+        with finished_file(self._task_path(record.task_id)) as partial:
             partial.write_text(json.dumps(record.to_json(), indent=2), encoding="utf-8")
-            os.replace(partial, path)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
 
     def _scan(self) -> list[TaskRecord]:
         unfinished = []
@@ -563,11 +539,3 @@ def _unknown(task_id: str) -> ProviderError:
     return ProviderError(
         f"The storyboard has no task “{task_id[:40]}”.", code="unknown_task", retryable=False
     )
-
-
-def _without_secrets(url: str) -> str:
-    """A URL fit for logs: no query (our webhook token lives there) and no user or password."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"

@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import base64
+import json
+import logging
+import socket
 import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
-from adapters.webhooks import load_or_create_secret, new_secret, sign, signed_headers, verify
+from adapters.webhooks import (
+    load_or_create_secret,
+    new_secret,
+    send_signed,
+    sign,
+    signed_headers,
+    verify,
+    without_secrets,
+)
 from bot.errors import ConfigurationError, WebhookRejected
 
 # The specification's own test vector (PROVIDERS.md, "Standard Webhooks").
@@ -118,3 +134,130 @@ def test_a_damaged_secret_file_names_the_file(tmp_path: Path) -> None:
     path.write_text("whsec_%%%\n")
     with pytest.raises(ConfigurationError, match="webhook_secret"):
         load_or_create_secret(path)
+
+
+# Sending ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Receiver:
+    """A loopback endpoint that keeps what arrives and answers the statuses it is given."""
+
+    answers: list[int] = field(default_factory=list)
+    arrived: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.arrived.append((dict(request.headers), await request.read()))
+        return web.Response(status=self.answers.pop(0) if self.answers else 204)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    receiver = Receiver()
+    app = web.Application()
+    app.router.add_post("/hooks/job1", receiver.handle)
+    server = TestServer(app)
+    await server.start_server()
+    receiver.url = str(server.make_url("/hooks/job1")) + "?t=job-token"
+    yield receiver
+    await server.close()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as http:
+        yield http
+
+
+class Waits:
+    """Stands in for ``asyncio.sleep``: notes each wait instead of waiting."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.seconds.append(seconds)
+
+
+async def test_send_signed_retries_a_500_under_the_same_webhook_id(
+    receiver: Receiver, client: httpx.AsyncClient
+) -> None:
+    secret = new_secret()
+    body = json.dumps({"type": "task.succeeded", "data": {"id": "task_1"}}).encode()
+    receiver.answers = [500]
+    waits = Waits()
+
+    delivered = await send_signed(client, receiver.url, body, secret, sleep=waits)
+
+    assert delivered is True
+    assert waits.seconds == [0.5]  # the first wait of the default backoff, and no other
+    (first_headers, first_body), (second_headers, second_body) = receiver.arrived
+    assert first_body == second_body == body
+    assert first_headers["webhook-id"] == second_headers["webhook-id"]
+    assert first_headers["webhook-id"].startswith("msg_")
+    for headers in (first_headers, second_headers):
+        assert headers["Content-Type"] == "application/json"
+        verify(secret, headers, body)
+
+
+async def test_send_signed_gives_up_after_the_backoff_and_logs_no_token_or_secret(
+    receiver: Receiver, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = new_secret()
+    receiver.answers = [500, 503, 502, 200]  # the 200 would come too late
+    waits = Waits()
+    caplog.set_level(logging.WARNING, logger="adapters.webhooks")
+
+    delivered = await send_signed(
+        client,
+        receiver.url,
+        b"{}",
+        secret,
+        backoff=(0.25, 1.0),
+        what="Webhook for task_1",
+        sleep=waits,
+    )
+
+    assert delivered is False
+    assert waits.seconds == [0.25, 1.0]
+    assert len(receiver.arrived) == 3  # one attempt, then one after each wait
+    assert len({headers["webhook-id"] for headers, _ in receiver.arrived}) == 1
+    messages = [record.getMessage() for record in caplog.records]
+    where = receiver.url.split("?")[0]
+    assert messages == [
+        f"Webhook for task_1 to {where} failed (HTTP 500), attempt 1 of 3",
+        f"Webhook for task_1 to {where} failed (HTTP 503), attempt 2 of 3",
+        f"Webhook for task_1 to {where} failed (HTTP 502), attempt 3 of 3",
+    ]
+    assert all("job-token" not in m and secret not in m for m in messages)
+
+
+async def test_send_signed_counts_an_unreachable_receiver_as_undelivered(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as unused:  # a loopback port with nothing listening on it
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    waits = Waits()
+    caplog.set_level(logging.WARNING, logger="adapters.webhooks")
+
+    url = f"http://127.0.0.1:{port}/hook?t=job-token"
+    assert await send_signed(client, url, b"{}", new_secret(), backoff=(0.1,), sleep=waits) is False
+    assert waits.seconds == [0.1]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Webhook to http://127.0.0.1:{port}/hook failed (ConnectError), attempt {n} of 2"
+        for n in (1, 2)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://bot.example/hooks/x?t=token", "https://bot.example/hooks/x"),
+        ("https://user:pass@bot.example:8443/h#frag", "https://bot.example:8443/h"),
+        ("http://[::1]:8080/h?t=1", "http://[::1]:8080/h"),
+    ],
+)
+def test_urls_are_logged_without_query_or_credentials(url: str, shown: str) -> None:
+    assert without_secrets(url) == shown
