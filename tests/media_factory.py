@@ -13,7 +13,7 @@ import math
 import struct
 import wave
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from fractions import Fraction
 from pathlib import Path
 from typing import Literal
@@ -96,17 +96,30 @@ def make_video(
         stream.pix_fmt = "yuv420p"
         stream.options = {"preset": "ultrafast"}
         sound = out.add_stream("aac", rate=16000, layout="mono") if audio else None
-        for index in range(frames):
-            shade = (index * 255) // frames
-            pixel = bytes((shade, 80, 255 - shade, 255))
-            frame = av.VideoFrame.from_bytes(pixel * (size[0] * size[1]), *size, format="rgba")
-            frame.pts = index
-            frame.time_base = Fraction(1, fps)
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-        if sound is not None:
-            _encode_tone(out, sound, seconds, 16000)
+        shades = ((index * 255) // frames for index in range(frames))
+        pixels = (bytes((shade, 80, 255 - shade, 255)) * (size[0] * size[1]) for shade in shades)
+        encode_clip(out, stream, pixels, fps, sound, seconds)
     return path
+
+
+def encode_clip(
+    out: av.container.OutputContainer,
+    stream: av.video.stream.VideoStream,
+    frames: Iterable[bytes],
+    fps: int,
+    sound: av.audio.stream.AudioStream | None,
+    seconds: float,
+) -> None:
+    """Encode RGBA ``frames`` of the stream's size at ``fps``, then, into ``sound`` when given,
+    a 16 kHz tone ``seconds`` long."""
+    for index, pixels in enumerate(frames):
+        frame = av.VideoFrame.from_bytes(pixels, stream.width, stream.height, format="rgba")
+        frame.pts = index
+        frame.time_base = Fraction(1, fps)
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode(None))
+    if sound is not None:
+        _encode_tone(out, sound, seconds, 16000)
 
 
 def make_audio_only_mp4(path: Path, seconds: float = 2.0) -> Path:

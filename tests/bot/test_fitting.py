@@ -9,7 +9,6 @@ import asyncio
 import os
 import random
 import struct
-from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +22,7 @@ from bot.media import identify
 from bot.models import MediaKind
 from bot.ports import Capabilities
 from tests.media_factory import (
-    _encode_tone,
+    encode_clip,
     make_image,
     make_mp3,
     make_video,
@@ -89,18 +88,13 @@ def make_clip(
         if rotation:
             stream.set_display_rotation(rotation)
         sound = out.add_stream("aac", rate=16000, layout="mono") if audio else None
-        for index in range(round(seconds * fps)):
-            if noise:
-                pixels = rng.randbytes(width * height * 4)
-            else:
-                pixels = bytes((index * 6 % 256, 80, 40, 255)) * (width * height)
-            frame = av.VideoFrame.from_bytes(pixels, width, height, format="rgba")
-            frame.pts = index
-            frame.time_base = Fraction(1, fps)
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-        if sound is not None:
-            _encode_tone(out, sound, seconds, 16000)
+        pixels = (
+            rng.randbytes(width * height * 4)
+            if noise
+            else bytes((index * 6 % 256, 80, 40, 255)) * (width * height)
+            for index in range(round(seconds * fps))
+        )
+        encode_clip(out, stream, pixels, fps, sound, seconds)
     return path
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ from storage.blobs import FileBlobStore
 from storage.db import Database
 from storage.jobs import SqliteJobStore
 from tests.fakes.scripted import GOOD_SIGNATURE, SIGNATURE_HEADER, RecordingChat, ScriptedProvider
+from tests.harness import until
 from tests.media_factory import make_image, make_video
 
 ALICE = Actor(platform="console", server_id="s1", user_id="alice")
@@ -95,12 +97,20 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     await db.close()
 
 
-async def until(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
+async def failing_over(world: World, backup: ScriptedProvider, **spec: Any) -> Job:
+    """Alice's job for "scripted", which may fall back to ``backup``, on an engine with both."""
+    engine = JobEngine(
+        world.store,
+        world.blobs,
+        {"scripted": world.provider, "backup": backup},
+        {"console": world.chat},
+        limits=FAST,
+    )
+    world.engines.append(engine)
+    with_fallback = replace(world.spec(), fallbacks=("backup",), **spec)
+    return await engine.create(
+        ALICE, Destination("console", "s1", "c", "alice"), with_fallback, "scripted"
+    )
 
 
 async def state_is(world: World, job_id: str, state: JobState) -> bool:
@@ -327,16 +337,7 @@ async def test_capacity_errors_fail_over_and_relabel_for_the_next_provider(world
         backup.capabilities, name="backup", label_style=LabelStyle.CHARACTER
     )
     world.provider.submit_error = ProviderError("busy", retryable=True)
-    engine = JobEngine(
-        world.store,
-        world.blobs,
-        {"scripted": world.provider, "backup": backup},
-        {"console": world.chat},
-        limits=FAST,
-    )
-    world.engines.append(engine)
-    spec = replace(world.spec(), template="{0} waves", fallbacks=("backup",))
-    job = await engine.create(ALICE, Destination("console", "s1", "c", "alice"), spec, "scripted")
+    job = await failing_over(world, backup, template="{0} waves")
     await until(lambda: state_is(world, job.id, JobState.SUBMITTED))
     moved = await world.store.get(job.id)
     assert moved is not None and moved.provider == "backup"
@@ -351,16 +352,7 @@ async def test_an_authentication_error_never_fails_over(world: World) -> None:
     world.provider.submit_error = ProviderError(
         "scripted refused the bot's key; check SCRIPTED_KEY", auth=True
     )
-    engine = JobEngine(
-        world.store,
-        world.blobs,
-        {"scripted": world.provider, "backup": backup},
-        {"console": world.chat},
-        limits=FAST,
-    )
-    world.engines.append(engine)
-    spec = replace(world.spec(), fallbacks=("backup",))
-    job = await engine.create(ALICE, Destination("console", "s1", "c", "alice"), spec, "scripted")
+    job = await failing_over(world, backup)
     await until(lambda: state_is(world, job.id, JobState.FAILED))
     failed = await world.store.get(job.id)
     assert failed is not None and failed.reason is not None and "SCRIPTED_KEY" in failed.reason

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from bot.models import Actor, CommandRequest, Job, JobState
 from bot.settings import load_settings
 from tests.fakes.discord import BOT_TOKEN, Answer, CdnTransport, FakeDiscord, User
 from tests.fakes.wavespeed import FakeWaveSpeed
+from tests.harness import bot_settings, bot_socket
 from tests.media_factory import local_file, make_image, make_wav
 
 MiB = 1024 * 1024
@@ -57,6 +57,11 @@ class DiscordBot:
         self.fake.feed(self.adapter.client, payload)
         return await self.fake.answer(payload)
 
+    async def generate(self, user: User, channel: int, **options: Any) -> str:
+        """``/generate`` from ``user`` in ``channel``; the id of the job it started."""
+        answer = await self.send(self.fake.slash("generate", user, channel, **options))
+        return job_id_in(answer.content)
+
     async def job(self, job_id: str) -> Job:
         job = await self.app.engine.job(job_id)
         assert job is not None
@@ -68,20 +73,9 @@ async def discord_bot(
     tmp: Path, fake: FakeDiscord, *, max_upload_bytes: int | None = None, **settings: Any
 ) -> AsyncIterator[DiscordBot]:
     """The bot over ``tmp/data`` (kept between calls, as a restart would find it)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    public_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    values: dict[str, Any] = {
-        "data_dir": tmp / "data",
-        "public_url": public_url,
-        "discord_token": BOT_TOKEN,
-        "discord_api_base": fake.url,
-        "poll_initial_seconds": 0.05,
-        "poll_max_seconds": 0.2,
-        "_env_file": None,
-    }
-    values.update(settings)
-    loaded = load_settings(**values)
+    sock, public_url = bot_socket()
+    values: dict[str, Any] = {"discord_token": BOT_TOKEN, "discord_api_base": fake.url}
+    loaded = bot_settings(tmp, public_url, **{**values, **settings})
     # The same signing key the app's /media route checks links with.
     secret = load_or_create_secret(loaded.data_dir / "secrets" / "media.key")
     links = MediaLinks(secret.encode(), public_url)
@@ -403,8 +397,7 @@ async def test_generate_is_refused_outside_the_generation_channels(
         general = fake.text_channel("general")
         await characters(bot, user, "alice")
         # With no generation channel set, a job's messages go to the channel it came from.
-        answer = await bot.send(fake.slash("generate", user, general, prompt="@alice", duration=2))
-        job_id = job_id_in(answer.content)
+        job_id = await bot.generate(user, general, prompt="@alice", duration=2)
         video = await delivered(bot, job_id)
         assert video["channel_id"] == str(general)
         assert fake.threads_of(general) == []
@@ -429,7 +422,7 @@ async def test_a_result_over_the_guilds_upload_limit_is_re_encoded_under_it(
     assert result.stat().st_size > 10 * MiB  # just over a boost-less guild's 10 MiB
     fake.premium_tier = 0
     async with (
-        FakeWaveSpeed(result) as wavespeed,
+        FakeWaveSpeed(result.read_bytes()) as wavespeed,
         discord_bot(
             tmp_path,
             fake,
@@ -441,8 +434,7 @@ async def test_a_result_over_the_guilds_upload_limit_is_re_encoded_under_it(
         user = fake.user("ann")
         channel = fake.text_channel("general")
         await characters(bot, user, "alice")
-        answer = await bot.send(fake.slash("generate", user, channel, prompt="@alice", duration=5))
-        job_id = job_id_in(answer.content)
+        job_id = await bot.generate(user, channel, prompt="@alice", duration=5)
         video = await delivered(bot, job_id)
         assert (await bot.job(job_id)).result_size == result.stat().st_size
     assert video["content"] == f"<@{user.id}> (re-encoded to fit this server's 10 MB upload limit)"
@@ -460,8 +452,7 @@ async def test_a_result_that_cannot_fit_is_linked_instead(
         user = fake.user("ann")
         channel = fake.text_channel("general")
         await characters(bot, user, "alice")
-        answer = await bot.send(fake.slash("generate", user, channel, prompt="@alice", duration=2))
-        job_id = job_id_in(answer.content)
+        job_id = await bot.generate(user, channel, prompt="@alice", duration=2)
         message = await fake.wait_for(
             lambda: next((m for m in fake.in_channel(channel) if "/media/" in m["content"]), None)
         )
@@ -481,8 +472,7 @@ async def test_a_repeated_delivery_posts_the_video_once(tmp_path: Path, fake: Fa
         user = fake.user("ann")
         channel = fake.text_channel("general")
         await characters(bot, user, "alice")
-        answer = await bot.send(fake.slash("generate", user, channel, prompt="@alice", duration=2))
-        job_id = job_id_in(answer.content)
+        job_id = await bot.generate(user, channel, prompt="@alice", duration=2)
         video = await delivered(bot, job_id)
         copy = tmp_path / "copy.mp4"
         copy.write_bytes(fake.cdn_files[video["attachments"][0]["url"]])
@@ -504,10 +494,7 @@ async def test_result_buttons_work_after_a_restart(tmp_path: Path, fake: FakeDis
         channel = await generation_channel(bot)
         owner, stranger = fake.user("ann"), fake.user("ben")
         await characters(bot, owner, "alice")
-        answer = await bot.send(
-            fake.slash("generate", owner, channel, prompt="@alice waves", duration=2, seed=42)
-        )
-        first = job_id_in(answer.content)
+        first = await bot.generate(owner, channel, prompt="@alice waves", duration=2, seed=42)
         video = await delivered(bot, first)
     thread = int(video["channel_id"])
 

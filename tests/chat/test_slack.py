@@ -8,7 +8,6 @@ messages it posted and edited, the files it downloaded and uploaded, its ephemer
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,8 +21,8 @@ from adapters.chat.slack.manifest import SAVE_SHORTCUT
 from adapters.local_files import local_file
 from bot.app import App, build
 from bot.models import Actor, Job, JobState
-from bot.settings import load_settings
 from tests.fakes.slack import FakeSlack, Upload
+from tests.harness import bot_settings, bot_socket
 from tests.media_factory import make_image, make_video, make_wav
 
 ANN = "U0ANN"
@@ -60,23 +59,17 @@ async def opened_view(slack: FakeSlack) -> dict[str, Any]:
 async def slack_bot(
     tmp_path: Path, slack: FakeSlack, *, socket_mode: bool = False, **settings: Any
 ) -> AsyncIterator[SlackBot]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    address = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    values: dict[str, Any] = {
-        "data_dir": tmp_path / "data",
-        "public_url": address,
-        "poll_initial_seconds": 0.05,
-        "poll_max_seconds": 0.2,
-        "slack_bot_token": slack.token,
-        "slack_app_token": slack.app_token if socket_mode else None,
-        "slack_signing_secret": None if socket_mode else slack.signing_secret,
-        "slack_api_base": slack.api_base,
-        "_env_file": None,
+    sock, address = bot_socket()
+    config = bot_settings(
+        tmp_path,
+        address,
+        slack_bot_token=slack.token,
+        slack_app_token=slack.app_token if socket_mode else None,
+        slack_signing_secret=None if socket_mode else slack.signing_secret,
+        slack_api_base=slack.api_base,
         **settings,
-    }
-    config = load_settings(**values)
-    adapter = SlackAdapter(config, file_origins=[slack.origin])
+    )
+    adapter = SlackAdapter(config, file_origins=[slack.url])
     app = await build(config, {"slack": adapter}, http_socket=sock, routes=adapter.routes())
     try:
         await adapter.start(app.core)

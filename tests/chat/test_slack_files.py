@@ -50,7 +50,7 @@ async def test_download_streams_with_the_bot_token() -> None:
     async with FakeSlack() as slack:
         data = bytes(range(256)) * 4000
         stored = slack.add_file("clip.wav", data, "audio/wav")
-        incoming = SlackFiles(slack.token, origins=[slack.origin]).incoming(stored)
+        incoming = SlackFiles(slack.token, origins=[slack.url]).incoming(stored)
         chunks = [chunk async for chunk in incoming.open()]
         assert b"".join(chunks) == data and len(chunks) > 1
         assert [d.authorization for d in slack.downloads] == [f"Bearer {slack.token}"]
@@ -59,7 +59,7 @@ async def test_download_streams_with_the_bot_token() -> None:
 async def test_a_token_slack_will_not_serve_files_to_is_explained() -> None:
     async with FakeSlack() as slack:
         stored = slack.add_file("alice.png", b"\x89PNG....", "image/png")
-        files = SlackFiles("xoxb-without-files-read", origins=[slack.origin])
+        files = SlackFiles("xoxb-without-files-read", origins=[slack.url])
         with pytest.raises(Refusal) as refused:
             _ = [chunk async for chunk in files.incoming(stored).open()]
         assert refused.value.code == "download_failed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import av
 import pytest
@@ -111,9 +112,11 @@ def _start_job(media: Path, env: dict[str, str]) -> tuple[Console, str]:
     return console, str(queued["job"])
 
 
-def test_a_job_killed_while_rendering_is_delivered_once_after_restart(media: Path) -> None:
-    console, job = _start_job(media, {"R2V_STORYBOARD_RENDER_SECONDS": "60"})
-    console.wait_for(type="status", job=job, state="submitted")
+def _killed_and_restarted(
+    media: Path, console: Console, job: str
+) -> tuple[Console, list[dict[str, Any]]]:
+    """Kill the console before it posts a video, then run it again with nothing to do: the
+    restarted console, and the videos it posted (the job's, once)."""
     console.kill()
     assert not [e for e in console.events if e["type"] == "video"]
 
@@ -121,18 +124,19 @@ def test_a_job_killed_while_rendering_is_delivered_once_after_restart(media: Pat
     assert again.finish() == 0, again.stderr
     videos = [e for e in again.events if e["type"] == "video"]
     assert [v["job"] for v in videos] == [job]
+    return again, videos
+
+
+def test_a_job_killed_while_rendering_is_delivered_once_after_restart(media: Path) -> None:
+    console, job = _start_job(media, {"R2V_STORYBOARD_RENDER_SECONDS": "60"})
+    console.wait_for(type="status", job=job, state="submitted")
+    _, videos = _killed_and_restarted(media, console, job)
     assert Path(videos[0]["path"]).is_file()
 
 
 def test_a_job_killed_while_delivering_is_delivered_once_after_restart(media: Path) -> None:
     console, job = _start_job(media, {"R2V_CONSOLE_DELIVERY_DELAY_SECONDS": "60"})
     console.wait_for(type="status", job=job, state="delivering")
-    console.kill()
-    assert not [e for e in console.events if e["type"] == "video"]
-
-    again = Console(media, script="")
-    assert again.finish() == 0, again.stderr
-    videos = [e for e in again.events if e["type"] == "video"]
-    assert [v["job"] for v in videos] == [job]
+    again, _ = _killed_and_restarted(media, console, job)
     states = [e["state"] for e in again.events if e["type"] == "status"]
     assert states[-1] == "delivered"

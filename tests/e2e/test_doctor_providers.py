@@ -13,7 +13,7 @@ from tests.media_factory import make_video
 
 
 async def test_doctor_reports_each_provider_key_and_webhooks(tmp_path: Path) -> None:
-    result = make_video(tmp_path / "result.mp4", seconds=1.0)
+    result = make_video(tmp_path / "result.mp4", seconds=1.0).read_bytes()
     async with FakeWaveSpeed(result) as wavespeed, FakeDashScope(result) as dashscope:
         settings = load_settings(
             _env_file=None,

@@ -7,13 +7,12 @@ in a JWKS, and — when a submit carried ``webhook_url`` and ``send_webhooks`` i
 one end-of-job webhook signed over ``"<timestamp>.<raw body>"``. As the real one does right after
 creation, a job's first ``not_found_polls`` status look-ups answer 404.
 
-Knobs: ``fail_next(status, times, path=)`` (answers to give the next API calls, e.g. 429 or 500),
-``hang_submit``, ``result_status`` (e.g. 404), ``not_found_polls``, ``send_webhooks``.
+Knobs: those of every fake (``tests.fakes.base``), where ``fail_next`` answers API calls (never
+media, results or keys) and a route is a path; ``not_found_polls``, ``send_webhooks``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import email.parser
 import email.policy
@@ -24,10 +23,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from tests.fakes.base import FakeProvider, Recorded
 
 KEY = "atlas-test-key"
 MODEL = "alibaba/wan-2.7/reference-to-video"
@@ -36,17 +36,6 @@ PREDICTION_PATH = "/api/v1/model/prediction/{id}"
 UPLOAD_PATH = "/api/v1/model/uploadMedia"
 JWKS_PATH = "/api/v1/webhooks/jwks.json"
 HEADER = "X-AtlasCloud-Webhook-"
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 @dataclass
@@ -101,7 +90,9 @@ def signed_headers(
     }
 
 
-class FakeAtlasCloud:
+class FakeAtlasCloud(FakeProvider):
+    name = "atlascloud"
+
     def __init__(
         self,
         result: bytes,
@@ -111,65 +102,34 @@ class FakeAtlasCloud:
         send_webhooks: bool = True,
         not_found_polls: int = 0,
     ) -> None:
-        self.result = result
-        self.key = key
-        self.complete_after_polls = complete_after_polls
+        super().__init__(result, key=key, complete_after_polls=complete_after_polls)
         self.send_webhooks = send_webhooks
         self.not_found_polls = not_found_polls
         self.signing_key = Ed25519PrivateKey.generate()
-        self.requests: list[Recorded] = []
         self.tasks: dict[str, AtlasTask] = {}
         self.uploads: dict[str, Upload] = {}
-        self.hang_submit = False
-        self.result_status = 200
         self.jwks_fetches = 0
         self.webhook_answers: list[int] = []
-        self._failures: list[tuple[int, str | None]] = []
         self._ids = itertools.count(1)
-        self._release = asyncio.Event()
-        self._sending: set[asyncio.Task[None]] = set()
-        self._client = httpx.AsyncClient(timeout=5.0)
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    async def __aenter__(self) -> FakeAtlasCloud:
-        app = web.Application(middlewares=[self._record])
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._check])
         app.router.add_post(SUBMIT_PATH, self._submit)
         app.router.add_get(PREDICTION_PATH, self._prediction)
         app.router.add_post(UPLOAD_PATH, self._upload)
         app.router.add_get(JWKS_PATH, self._jwks)
         app.router.add_get("/media/{id}", self._media)
-        app.router.add_get("/outputs/{id}.mp4", self._result)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._release.set()
-        for task in list(self._sending):
-            await task
-        await self._client.aclose()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        app.router.add_get("/outputs/{id}.mp4", self._serve_result)
+        return app
 
     # -- what tests drive ------------------------------------------------------------------
 
     def submits(self) -> list[Recorded]:
-        return [r for r in self.requests if r.method == "POST" and r.path == SUBMIT_PATH]
+        return self.requested("POST", SUBMIT_PATH)
 
     def only_task(self) -> AtlasTask:
         assert len(self.tasks) == 1, self.tasks
         return next(iter(self.tasks.values()))
-
-    def fail_next(self, status: int, times: int = 1, *, path: str | None = None) -> None:
-        """Answer the next ``times`` API calls (to ``path`` alone, when given; never media,
-        results or keys) with ``status``."""
-        self._failures.extend([(status, path)] * times)
 
     def complete(self, task_id: str) -> None:
         self._finish(self.tasks[task_id], "completed")
@@ -197,16 +157,14 @@ class FakeAtlasCloud:
     def _finish(self, task: AtlasTask, status: str) -> None:
         task.status = status
         if task.webhook and self.send_webhooks:
-            sending = asyncio.create_task(self._post_webhook(task))
-            self._sending.add(sending)
-            sending.add_done_callback(self._sending.discard)
+            self._in_background(self._post_webhook(task))
 
     async def _post_webhook(self, task: AtlasTask) -> None:
         assert task.webhook is not None
         body = self.webhook_body(task)
         headers = signed_headers(self.signing_key, body)
-        response = await self._client.post(task.webhook, content=body, headers=headers)
-        self.webhook_answers.append(response.status_code)
+        async with self._client.post(task.webhook, data=body, headers=headers) as response:
+            self.webhook_answers.append(response.status)
 
     def _outputs(self, task: AtlasTask) -> list[str]:
         return [f"{self.url}/outputs/{task.id}.mp4"]
@@ -214,17 +172,15 @@ class FakeAtlasCloud:
     # -- routes ----------------------------------------------------------------------------
 
     @web.middleware
-    async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _check(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Record every request; refuse API calls without the key, or with a fault queued."""
-        body = await request.read()
-        self.requests.append(Recorded(request.method, request.path, dict(request.headers), body))
+        await self._record(request)
         if request.path.startswith("/api/") and request.path != JWKS_PATH:
             if request.headers.get("Authorization") != f"Bearer {self.key}":
                 return _error(401, "Unauthorized: invalid API key")
-            fault = next((f for f in self._failures if f[1] in (None, request.path)), None)
-            if fault is not None:
-                self._failures.remove(fault)
-                return _error(fault[0], f"injected {fault[0]}")
+            status = self._take_failure(request.path)
+            if status is not None:
+                return _error(status, f"injected {status}")
         response: web.StreamResponse = await handler(request)
         return response
 
@@ -233,8 +189,7 @@ class FakeAtlasCloud:
         return web.json_response({"keys": [public_jwk(self.signing_key, key_id(self.signing_key))]})
 
     async def _submit(self, request: web.Request) -> web.Response:
-        if self.hang_submit:
-            await self._release.wait()
+        await self._hold_submit()
         body = self.requests[-1].json()
         problem = _invalid(body, self.url)
         if problem:
@@ -284,11 +239,6 @@ class FakeAtlasCloud:
         if upload is None:
             return web.Response(status=404)
         return web.Response(body=upload.data, content_type=upload.content_type)
-
-    async def _result(self, request: web.Request) -> web.Response:
-        if self.result_status != 200:
-            return _error(self.result_status, "file not found")
-        return web.Response(body=self.result, content_type="video/mp4")
 
 
 def _invalid(body: Any, own_url: str) -> str | None:

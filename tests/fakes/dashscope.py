@@ -4,40 +4,20 @@ It checks the Bearer key and the ``X-DashScope-Async`` header, records every req
 the references from the URLs it is given (as DashScope does, so our signed ``/media`` links are
 really exercised), and answers task look-ups as documented. A task runs once it has been looked
 up and succeeds after ``complete_after_polls`` look-ups, unless the test sets its state itself.
-Knobs answer errors a given number of times, hang a submit, or lose the result file.
+Knobs: those of every fake (``tests.fakes.base``), where ``fail_next`` answers API calls.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+
+from tests.fakes.base import FakeProvider
 
 SUBMIT_PATH = "/api/v1/services/aigc/video-generation/video-synthesis"
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-
-
-@dataclass
-class Fetched:
-    """One reference the fake downloaded, as it would before rendering."""
-
-    url: str
-    status: int
-    content_type: str
-    size: int
 
 
 @dataclass
@@ -50,58 +30,34 @@ class FakeTask:
     message: str | None = None
 
 
-class FakeDashScope:
+class FakeDashScope(FakeProvider):
+    name = "dashscope"
+
     def __init__(
         self,
-        result: Path,
+        result: bytes,
         *,
         key: str = "sk-test-dashscope",
         complete_after_polls: int | None = 2,
         output_seconds: float = 1.0,
     ) -> None:
-        self.result = result
-        self.key = key
-        self.complete_after_polls = complete_after_polls
+        super().__init__(result, key=key, complete_after_polls=complete_after_polls)
         self.output_seconds = output_seconds
-        self.requests: list[Recorded] = []
         self.tasks: dict[str, FakeTask] = {}
-        self.fetched: list[Fetched] = []
         self.cancelled: list[str] = []
-        self.hang_submit = False
-        self.result_missing = False
-        self.result_downloads = 0
-        self._failures: list[int] = []
         self._ids = itertools.count(1)
-        self._release = asyncio.Event()
+
+    def make_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post(SUBMIT_PATH, self._submit)
         app.router.add_get("/api/v1/tasks/{task_id}", self._task)
         app.router.add_post("/api/v1/tasks/{task_id}/cancel", self._cancel)
-        app.router.add_get("/results/{task_id}.mp4", self._result)
-        self._server = TestServer(app, host="127.0.0.1", port=0)
-        self._session: aiohttp.ClientSession | None = None
-        #: The fake's address (scheme, host and port), known once it has started.
-        self.url = ""
-
-    async def __aenter__(self) -> FakeDashScope:
-        await self._server.start_server()
-        self.url = str(self._server.make_url("")).rstrip("/")
-        self._session = aiohttp.ClientSession()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._release.set()
-        if self._session is not None:
-            await self._session.close()
-        await self._server.close()
+        app.router.add_get("/results/{task_id}.mp4", self._serve_result)
+        return app
 
     @property
     def submits(self) -> list[dict[str, Any]]:
-        return [r.body for r in self.requests if r.path == SUBMIT_PATH and r.method == "POST"]
-
-    def fail_next(self, status: int, times: int = 1) -> None:
-        """Answer the next ``times`` API calls (any route but results) with ``status``."""
-        self._failures.extend([status] * times)
+        return [r.json() for r in self.requested("POST", SUBMIT_PATH)]
 
     def add_task(self, status: str = "PENDING", **fields: Any) -> str:
         task = FakeTask(f"ds-task-{next(self._ids)}", status, **fields)
@@ -116,30 +72,26 @@ class FakeDashScope:
 
     # -- routes --------------------------------------------------------------------------------
 
-    async def _record(self, request: web.Request) -> web.Response | None:
+    async def _admit(self, request: web.Request) -> web.Response | None:
         """Record the request; answer an auth or injected error, else ``None`` to go on."""
-        body: Any = None
-        if request.can_read_body:
-            body = await request.json()
-        self.requests.append(Recorded(request.method, request.path, dict(request.headers), body))
+        await self._record(request)
         if request.headers.get("Authorization") != f"Bearer {self.key}":
             return _error(401, "InvalidApiKey", "Invalid API-key provided.")
-        if self._failures:
-            status = self._failures.pop(0)
+        status = self._take_failure(request.path)
+        if status is not None:
             return _error(status, "Throttling" if status == 429 else "InternalError", "injected")
         return None
 
     async def _submit(self, request: web.Request) -> web.Response:
-        refused = await self._record(request)
+        refused = await self._admit(request)
         if refused is not None:
             return refused
         if request.headers.get("X-DashScope-Async") != "enable":
             return _error(
                 403, "AccessDenied", "current user api does not support synchronous calls"
             )
-        if self.hang_submit:
-            await self._release.wait()
-        body = self.requests[-1].body
+        await self._hold_submit()
+        body = self.requests[-1].json()
         inputs = body.get("input") if isinstance(body, dict) else None
         if not isinstance(inputs, dict):
             inputs = {}
@@ -162,21 +114,8 @@ class FakeDashScope:
             }
         )
 
-    async def _fetch(self, url: str) -> bool:
-        assert self._session is not None
-        try:
-            async with self._session.get(url) as response:
-                size = 0
-                async for chunk in response.content.iter_chunked(64 * 1024):
-                    size += len(chunk)
-                self.fetched.append(Fetched(url, response.status, response.content_type, size))
-                return response.status == 200
-        except aiohttp.ClientError:
-            self.fetched.append(Fetched(url, 0, "", 0))
-            return False
-
     async def _task(self, request: web.Request) -> web.Response:
-        refused = await self._record(request)
+        refused = await self._admit(request)
         if refused is not None:
             return refused
         task_id = request.match_info["task_id"]
@@ -217,7 +156,7 @@ class FakeDashScope:
         }
 
     async def _cancel(self, request: web.Request) -> web.Response:
-        refused = await self._record(request)
+        refused = await self._admit(request)
         if refused is not None:
             return refused
         task = self.tasks.get(request.match_info["task_id"])
@@ -226,12 +165,6 @@ class FakeDashScope:
         task.status = "CANCELED"
         self.cancelled.append(task.task_id)
         return web.json_response({"request_id": f"req-cancel-{task.task_id}"})
-
-    async def _result(self, request: web.Request) -> web.StreamResponse:
-        self.result_downloads += 1
-        if self.result_missing:
-            return web.Response(status=404, text="NoSuchKey")
-        return web.FileResponse(self.result, headers={"Content-Type": "video/mp4"})
 
 
 def _error(status: int, code: str, message: str) -> web.Response:

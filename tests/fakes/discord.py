@@ -28,12 +28,10 @@ import mimetypes
 import os
 import re
 import secrets
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -43,6 +41,8 @@ import jsonschema  # no stubs in the dev extra
 import referencing
 from aiohttp import BodyPartReader, web
 from referencing.jsonschema import DRAFT202012
+
+from tests.fakes.base import LoopbackServer
 
 T = TypeVar("T")
 
@@ -194,13 +194,14 @@ class Answer:
         return found.group(1) if found else None
 
 
-class FakeDiscord:
+class FakeDiscord(LoopbackServer):
     """``async with FakeDiscord() as fake:`` then point the bot at ``fake.url``.
 
     ``premium_tier``: the guild's boost tier, which sets its upload limit (0: 10 MiB).
     """
 
     def __init__(self, *, premium_tier: int = 0) -> None:
+        super().__init__()
         self.premium_tier = premium_tier
         self._ids = itertools.count(1_400_000_000_000_000_000 + (time.time_ns() % 10**9))
         self.app_id = self.snowflake()
@@ -217,15 +218,13 @@ class FakeDiscord:
         self.cdn_files: dict[str, bytes] = {}
         self._nonces: dict[tuple[int, str], int] = {}
         self._seq = itertools.count(1)
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
     def snowflake(self) -> int:
         return next(self._ids)
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def __aenter__(self) -> FakeDiscord:
+    def make_app(self) -> web.Application:
         spec_check()  # load once, before any request waits on it
         app = web.Application(middlewares=[self._record], client_max_size=200 * 1024 * 1024)
         routes = [
@@ -247,22 +246,7 @@ class FakeDiscord:
             app.router.add_route(method, API + path, handler)
         app.router.add_get("/cdn/{host}/{tail:.*}", self._cdn)
         app.router.add_route("*", "/{tail:.*}", self._unknown)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        await web.SockSite(self._runner, sock).start()
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        return app
 
     # -- the test's side: the server's contents --------------------------------------------
 

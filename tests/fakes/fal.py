@@ -6,14 +6,12 @@ tasks that the test completes (or that complete after a number of status polls),
 result MP4 itself, and — when a submit carried ``fal_webhook`` and ``send_webhooks`` is on —
 POSTs the end-of-request webhook signed with its own Ed25519 key, published in its JWKS.
 
-Knobs: ``faults`` (answers to give the next submits, e.g. ``[429]``), ``hang_submit``,
-``result_status`` (e.g. 404), ``stall_after`` (stop sending the result after that many bytes),
-``declare_length`` (send the result's Content-Length or not), ``rotate_key``.
+Knobs: those of every fake (``tests.fakes.base``), where ``fail_next`` answers submits, and
+``rotate_key``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -22,28 +20,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from tests.fakes.base import FakeProvider, Recorded
 
 KEY = "fal-test-key"
 MODEL = "fal-ai/wan/v2.7/reference-to-video"
 APP = "fal-ai/wan"
 USER_ID = "fal-user-42"
-CHUNK = 64 * 1024
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 @dataclass
@@ -93,7 +79,9 @@ def signed_headers(
     }
 
 
-class FakeFal:
+class FakeFal(FakeProvider):
+    name = "fal"
+
     def __init__(
         self,
         result: bytes,
@@ -102,61 +90,32 @@ class FakeFal:
         complete_after_polls: int | None = 2,
         send_webhooks: bool = True,
     ) -> None:
-        self.result = result
-        self.key = key
-        self.complete_after_polls = complete_after_polls
+        super().__init__(result, key=key, complete_after_polls=complete_after_polls)
         self.send_webhooks = send_webhooks
         self.signing_key = Ed25519PrivateKey.generate()
         self.published: list[Ed25519PrivateKey] = [self.signing_key]
-        self.requests: list[Recorded] = []
         self.tasks: dict[str, FalTask] = {}
         self.uploads: dict[str, Upload] = {}
-        self.faults: list[int] = []
-        self.hang_submit = False
-        self.result_status = 200
-        self.declare_length = True
-        self.stall_after: int | None = None
-        self.bytes_sent = 0
         self.jwks_fetches = 0
         self.webhook_answers: list[int] = []
-        self._release = asyncio.Event()
-        self._sending: set[asyncio.Task[None]] = set()
-        self._client = httpx.AsyncClient(timeout=5.0)
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    async def __aenter__(self) -> FakeFal:
-        app = web.Application(middlewares=[self._record])
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._check])
         app.router.add_get("/.well-known/jwks.json", self._jwks)
         app.router.add_post("/storage/upload/initiate", self._initiate)
         app.router.add_put("/uploads/{id}", self._put)
         app.router.add_get("/files/{id}", self._file)
-        app.router.add_get("/results/{id}.mp4", self._result)
+        app.router.add_get("/results/{id}.mp4", self._serve_result)
         app.router.add_get(f"/{APP}/requests/{{id}}/status", self._status)
         app.router.add_get(f"/{APP}/requests/{{id}}", self._response)
         app.router.add_put(f"/{APP}/requests/{{id}}/cancel", self._cancel)
         app.router.add_post("/{model:.+}", self._submit)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._release.set()
-        for task in list(self._sending):
-            await task
-        await self._client.aclose()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        return app
 
     # -- what tests drive ------------------------------------------------------------------
 
     def submits(self) -> list[Recorded]:
-        return [r for r in self.requests if r.method == "POST" and r.path == f"/{MODEL}"]
+        return self.requested("POST", f"/{MODEL}")
 
     def only_task(self) -> FalTask:
         assert len(self.tasks) == 1, self.tasks
@@ -193,16 +152,14 @@ class FakeFal:
         task.status = "COMPLETED"
         task.failure = failure
         if task.webhook and self.send_webhooks:
-            sending = asyncio.create_task(self._post_webhook(task))
-            self._sending.add(sending)
-            sending.add_done_callback(self._sending.discard)
+            self._in_background(self._post_webhook(task))
 
     async def _post_webhook(self, task: FalTask) -> None:
         assert task.webhook is not None
         body = self.webhook_body(task)
         headers = signed_headers(self.signing_key, body, request_id=task.request_id)
-        response = await self._client.post(task.webhook, content=body, headers=headers)
-        self.webhook_answers.append(response.status_code)
+        async with self._client.post(task.webhook, data=body, headers=headers) as response:
+            self.webhook_answers.append(response.status)
 
     def _output(self, task: FalTask) -> dict[str, Any]:
         return {
@@ -218,12 +175,9 @@ class FakeFal:
     # -- routes ----------------------------------------------------------------------------
 
     @web.middleware
-    async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _check(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Record every request; refuse those to the queue or REST API without the key."""
-        body = await request.read()
-        self.requests.append(
-            Recorded(request.method, request.path, dict(request.query), dict(request.headers), body)
-        )
+        await self._record(request)
         public = request.path.startswith(("/.well-known/", "/uploads/", "/files/", "/results/"))
         if not public and request.headers.get("Authorization") != f"Key {self.key}":
             return web.json_response({"detail": "No user found for Key ID and Secret"}, status=401)
@@ -237,10 +191,9 @@ class FakeFal:
     async def _submit(self, request: web.Request) -> web.Response:
         if request.match_info["model"] != MODEL:
             return web.json_response({"detail": "Application not found"}, status=404)
-        if self.hang_submit:
-            await self._release.wait()
-        if self.faults:
-            status = self.faults.pop(0)
+        await self._hold_submit()
+        status = self._take_failure("submit")
+        if status is not None:
             return web.json_response({"detail": f"fault {status}"}, status=status)
         request_id = secrets.token_hex(8)
         self.tasks[request_id] = FalTask(
@@ -324,26 +277,3 @@ class FakeFal:
         if upload is None:
             return web.Response(status=404)
         return web.Response(body=upload.data, content_type=upload.content_type)
-
-    async def _result(self, request: web.Request) -> web.StreamResponse:
-        """The result MP4 in 64 KiB writes, counting what was sent; the knobs shape the answer."""
-        if self.result_status != 200:
-            return web.json_response({"detail": "File not found"}, status=self.result_status)
-        response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
-        if self.declare_length:
-            response.content_length = len(self.result)
-        else:
-            response.enable_chunked_encoding()
-        await response.prepare(request)
-        try:
-            for start in range(0, len(self.result), CHUNK):
-                if self.stall_after is not None and self.bytes_sent >= self.stall_after:
-                    await self._release.wait()
-                    return response
-                piece = self.result[start : start + CHUNK]
-                await response.write(piece)
-                self.bytes_sent += len(piece)
-            await response.write_eof()
-        except ConnectionError:
-            pass
-        return response

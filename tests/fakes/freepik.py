@@ -5,25 +5,23 @@ each reference and voice from the links it was given (our signed ``/media`` link
 bytes so tests can compare them with what was saved. Tasks go CREATED → IN_PROGRESS → COMPLETED
 (or FAILED), by status polls or when the test says; every status change is POSTed, unsigned, to
 the task's ``webhook_url`` when ``send_webhooks`` is on. The result MP4 is served by the fake.
+Knobs: those of every fake (``tests.fakes.base``), where a route is ``"submit"`` or ``"status"``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
-import aiohttp
 from aiohttp import web
+
+from tests.fakes.base import FakeProvider
 
 TASKS_PATH = "/v1/ai/reference-to-video/wan-2-7"
 
-Route = Literal["submit", "status"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -36,48 +34,33 @@ class Task:
     polls: int = 0
 
 
-@dataclass
-class Fetched:
-    """A reference link the fake followed: its answer's status, type and bytes."""
-
-    url: str
-    status: int
-    content_type: str
-    data: bytes
-
-
-@dataclass
-class FakeFreepik:
+class FakeFreepik(FakeProvider):
     """``async with FakeFreepik(result_mp4) as fake:`` — then point the client at ``fake.url``.
 
-    ``polls_to_complete``: a task reads IN_PROGRESS from its first status poll and COMPLETED from
-    this poll on (``None``: only ``finish`` ends it).
+    ``complete_after_polls``: a task reads IN_PROGRESS from its first status poll and COMPLETED
+    from this poll on (``None``: only ``finish`` ends it).
     """
 
-    result_path: Path
-    key: str = "fp-test-key"
-    polls_to_complete: int | None = 2
-    send_webhooks: bool = True
-    tasks: dict[str, Task] = field(default_factory=dict)
-    submits: list[dict[str, Any]] = field(default_factory=list)
-    fetched: list[Fetched] = field(default_factory=list)
-    #: (status sent, the bot's answer) for every webhook POSTed.
-    webhooks: list[tuple[str, int]] = field(default_factory=list)
-    status_reads: int = 0
-    url: str = ""
+    name = "freepik"
 
-    def __post_init__(self) -> None:
-        self.result = self.result_path.read_bytes()
-        self._failures: dict[Route, list[int]] = {}
+    def __init__(
+        self,
+        result: bytes,
+        *,
+        key: str = "fp-test-key",
+        complete_after_polls: int | None = 2,
+        send_webhooks: bool = True,
+    ) -> None:
+        super().__init__(result, key=key, complete_after_polls=complete_after_polls)
+        self.send_webhooks = send_webhooks
+        self.tasks: dict[str, Task] = {}
+        self.submits: list[dict[str, Any]] = []
+        #: (status sent, the bot's answer) for every webhook POSTed.
+        self.webhooks: list[tuple[str, int]] = []
+        self.status_reads = 0
         self._submitted = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
 
-    # -- knobs -----------------------------------------------------------------------------
-
-    def fail(self, route: Route, *statuses: int) -> None:
-        """Answer the next requests on ``route`` with these statuses, one each, in order."""
-        self._failures.setdefault(route, []).extend(statuses)
+    # -- what tests drive ------------------------------------------------------------------
 
     async def task(self, number: int = 1, within: float = 10.0) -> Task:
         """The ``number``-th task made, waiting for it to be submitted."""
@@ -99,33 +82,13 @@ class FakeFreepik:
         await self.move(task_id, "IN_PROGRESS")
         await self.move(task_id, "COMPLETED")
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    async def __aenter__(self) -> FakeFreepik:
+    def make_app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
         app.router.add_post(TASKS_PATH, self._submit)
         app.router.add_get(TASKS_PATH, self._list)
         app.router.add_get(TASKS_PATH + "/{task_id}", self._status)
         app.router.add_get("/results/{task_id}.mp4", self._result)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        await web.SockSite(self._runner, sock).start()
-        self._session = aiohttp.ClientSession()
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        if self._session is not None:
-            await self._session.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        return app
 
     # -- routes ----------------------------------------------------------------------------
 
@@ -135,11 +98,10 @@ class FakeFreepik:
             return web.json_response({"message": "Invalid API key"}, status=401)
         return await handler(request)
 
-    def _failure(self, route: Route) -> web.Response | None:
-        queued = self._failures.get(route)
-        if not queued:
+    def _failure(self, route: str) -> web.Response | None:
+        status = self._take_failure(route)
+        if status is None:
             return None
-        status = queued.pop(0)
         return web.json_response({"message": f"fake failure {status}"}, status=status)
 
     async def _submit(self, request: web.Request) -> web.StreamResponse:
@@ -169,15 +131,15 @@ class FakeFreepik:
             return web.json_response({"message": "Not found"}, status=404)
         self.status_reads += 1
         task.polls += 1
-        if task.status in ("CREATED", "IN_PROGRESS") and self.polls_to_complete is not None:
-            status = "COMPLETED" if task.polls >= self.polls_to_complete else "IN_PROGRESS"
+        if task.status in ("CREATED", "IN_PROGRESS") and self.complete_after_polls is not None:
+            status = "COMPLETED" if task.polls >= self.complete_after_polls else "IN_PROGRESS"
             await self.move(task.task_id, status)
         return web.json_response({"data": self._data(task)})
 
     async def _result(self, request: web.Request) -> web.StreamResponse:
         if request.match_info["task_id"] not in self.tasks:
             return web.Response(status=404)
-        return web.Response(body=self.result, content_type="video/mp4")
+        return await self._serve_result(request)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -194,7 +156,6 @@ class FakeFreepik:
 
     async def _fetch_references(self, body: dict[str, Any]) -> str | None:
         """GET every reference and voice link as Freepik would; answer the first that failed."""
-        assert self._session is not None
         links: list[str] = [
             str(link)
             for item in [*body.get("image_urls", []), *body.get("video_urls", [])]
@@ -202,19 +163,14 @@ class FakeFreepik:
             if link
         ]
         for link in links:
-            async with self._session.get(link) as response:
-                data = await response.read()
-                self.fetched.append(
-                    Fetched(link, response.status, response.headers.get("Content-Type", ""), data)
-                )
-                if response.status != 200:
-                    return link
+            if not await self._fetch(link):
+                return link
         return None
 
     async def _notify(self, task: Task) -> None:
         """POST the status answer, without its ``data`` wrapper and without any signature."""
         webhook = task.body.get("webhook_url")
-        if not (self.send_webhooks and webhook and self._session is not None):
+        if not (self.send_webhooks and webhook):
             return
-        async with self._session.post(webhook, json=self._data(task)) as response:
+        async with self._client.post(webhook, json=self._data(task)) as response:
             self.webhooks.append((task.status, response.status))

@@ -6,21 +6,20 @@ strings), keeps uploaded files (``POST /files`` hands out an ``upload_url`` on t
 whose PUT must come without the key), and serves the result MP4. Answers come wrapped as
 ``{"success", "data"}`` or bare. When a task ends and its run named a webhook, the fake POSTs
 ``{event, timestamp, data: task}`` there, unsigned, as inference.sh does, if ``send_webhooks``.
+Knobs: those of every fake (``tests.fakes.base``), where ``fail_next`` answers API calls (not
+storage or results).
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+
+from tests.fakes.base import FakeProvider
 
 CURRENT_CODES = {
     "received": 1,
@@ -45,14 +44,6 @@ _FINAL = frozenset({"completed", "failed", "cancelled"})
 
 
 @dataclass
-class Recorded:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-
-
-@dataclass
 class FakeTask:
     task_id: str
     status: str = "received"
@@ -71,10 +62,12 @@ class Upload:
     put_headers: dict[str, str] = field(default_factory=dict)
 
 
-class FakeInference:
+class FakeInference(FakeProvider):
+    name = "inference"
+
     def __init__(
         self,
-        result: Path,
+        result: bytes,
         *,
         key: str = "inf-test-key",
         wrap: bool = True,
@@ -83,22 +76,17 @@ class FakeInference:
         send_webhooks: bool = True,
     ) -> None:
         """``codes``: the status numbers sent; ``None`` sends status names as strings."""
-        self.result = result
-        self.key = key
+        super().__init__(result, key=key)
         self.wrap = wrap
         self.codes = codes
         self.complete_after_polls = complete_after_polls
         self.send_webhooks = send_webhooks
-        self.requests: list[Recorded] = []
         self.tasks: dict[str, FakeTask] = {}
         self.uploads: dict[str, Upload] = {}
         self.webhooks_sent: list[tuple[int, dict[str, Any]]] = []
-        self.hang_submit = False
-        self.result_missing = False
-        self._failures: list[int] = []
         self._ids = itertools.count(1)
-        self._release = asyncio.Event()
-        self._background: set[asyncio.Task[None]] = set()
+
+    def make_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/apps/run", self._run)
         app.router.add_get("/tasks/{task_id}", self._task)
@@ -106,33 +94,12 @@ class FakeInference:
         app.router.add_post("/files", self._files)
         app.router.add_put("/storage/{file_id}", self._put)
         app.router.add_get("/storage/{file_id}", self._stored)
-        app.router.add_get("/results/{task_id}.mp4", self._result)
-        self._server = TestServer(app, host="127.0.0.1", port=0)
-        self._session: aiohttp.ClientSession | None = None
-        #: The fake's address (scheme, host and port), known once it has started.
-        self.url = ""
-
-    async def __aenter__(self) -> FakeInference:
-        await self._server.start_server()
-        self.url = str(self._server.make_url("")).rstrip("/")
-        self._session = aiohttp.ClientSession()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._release.set()
-        if self._background:
-            await asyncio.wait(self._background)
-        if self._session is not None:
-            await self._session.close()
-        await self._server.close()
+        app.router.add_get("/results/{task_id}.mp4", self._serve_result)
+        return app
 
     @property
     def runs(self) -> list[dict[str, Any]]:
-        return [r.body for r in self.requests if r.path == "/apps/run"]
-
-    def fail_next(self, status: int, times: int = 1) -> None:
-        """Answer the next ``times`` API calls (not storage or results) with ``status``."""
-        self._failures.extend([status] * times)
+        return [r.json() for r in self.requested("POST", "/apps/run")]
 
     def add_task(self, status: str = "received", **fields: Any) -> str:
         task = FakeTask(f"inf-{next(self._ids)}", status, **fields)
@@ -147,15 +114,13 @@ class FakeInference:
 
     # -- routes --------------------------------------------------------------------------------
 
-    async def _record(self, request: web.Request) -> web.Response | None:
-        body: Any = None
-        if request.can_read_body:
-            body = await request.json()
-        self.requests.append(Recorded(request.method, request.path, dict(request.headers), body))
+    async def _admit(self, request: web.Request) -> web.Response | None:
+        """Record the request; answer an auth or injected error, else ``None`` to go on."""
+        await self._record(request)
         if request.headers.get("Authorization") != f"Bearer {self.key}":
             return web.json_response({"detail": "invalid api key"}, status=401)
-        if self._failures:
-            status = self._failures.pop(0)
+        status = self._take_failure(request.path)
+        if status is not None:
             return web.json_response({"detail": f"injected {status}"}, status=status)
         return None
 
@@ -174,12 +139,11 @@ class FakeInference:
         }
 
     async def _run(self, request: web.Request) -> web.Response:
-        refused = await self._record(request)
+        refused = await self._admit(request)
         if refused is not None:
             return refused
-        if self.hang_submit:
-            await self._release.wait()
-        body = self.requests[-1].body
+        await self._hold_submit()
+        body = self.requests[-1].json()
         if (
             not isinstance(body, dict)
             or not body.get("app")
@@ -191,7 +155,7 @@ class FakeInference:
         return self._answer(self.view(task))
 
     async def _task(self, request: web.Request) -> web.Response:
-        refused = await self._record(request)
+        refused = await self._admit(request)
         if refused is not None:
             return refused
         task = self.tasks.get(request.match_info["task_id"])
@@ -202,11 +166,11 @@ class FakeInference:
             task.status = "running"
             if task.polls >= self.complete_after_polls:
                 self._end(task, "completed", "")
-                self._spawn(self._notify(task))
+                self._in_background(self._notify(task))
         return self._answer(self.view(task))
 
     async def _cancel(self, request: web.Request) -> web.Response:
-        refused = await self._record(request)
+        refused = await self._admit(request)
         if refused is not None:
             return refused
         task = self.tasks.get(request.match_info["task_id"])
@@ -218,11 +182,11 @@ class FakeInference:
         return self._answer(self.view(task))
 
     async def _files(self, request: web.Request) -> web.Response:
-        refused = await self._record(request)
+        refused = await self._admit(request)
         if refused is not None:
             return refused
         created = []
-        for entry in self.requests[-1].body["files"]:
+        for entry in self.requests[-1].json()["files"]:
             upload = Upload(f"f{next(self._ids)}", entry["content_type"], int(entry["size"]))
             self.uploads[upload.file_id] = upload
             created.append(
@@ -251,11 +215,6 @@ class FakeInference:
             return web.Response(status=404)
         return web.Response(body=upload.data, content_type=upload.content_type)
 
-    async def _result(self, request: web.Request) -> web.StreamResponse:
-        if self.result_missing:
-            return web.Response(status=404, text="not found")
-        return web.FileResponse(self.result, headers={"Content-Type": "video/mp4"})
-
     # -- tasks ending ----------------------------------------------------------------------------
 
     def _end(self, task: FakeTask, status: str, error: str) -> None:
@@ -265,20 +224,14 @@ class FakeInference:
         if status == "failed":
             task.error = error or "the app failed"
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        job = asyncio.get_running_loop().create_task(work)
-        self._background.add(job)
-        job.add_done_callback(self._background.discard)
-
     async def _notify(self, task: FakeTask) -> None:
         url = task.body.get("webhook")
         if not self.send_webhooks or not url:
             return
-        assert self._session is not None
         payload = {
             "event": f"task.{task.status}",
             "timestamp": int(time.time()),
             "data": self.view(task),
         }
-        async with self._session.post(url, json=payload) as response:
+        async with self._client.post(url, json=payload) as response:
             self.webhooks_sent.append((response.status, payload))

@@ -7,14 +7,11 @@ secret at ``/v1/webhooks/default/secret``, and — when a prediction carries a `
 ``send_webhooks`` is on — POSTs the prediction for the events in its ``webhook_events_filter``,
 signed with that secret by the Standard Webhooks scheme.
 
-Knobs: ``faults`` (answers to give the next submits, e.g. ``[500, 500, 500]``), ``hang_submit``,
-``result_status`` (e.g. 404), ``stall_after`` (stop sending the result after that many bytes),
-``declare_length`` (send the result's Content-Length or not).
+Knobs: those of every fake (``tests.fakes.base``), where ``fail_next`` answers submits.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 from dataclasses import dataclass, field
@@ -22,25 +19,13 @@ from email import policy
 from email.parser import BytesParser
 from typing import Any
 
-import httpx
 from aiohttp import web
 
 from adapters import webhooks
+from tests.fakes.base import FakeProvider, Recorded
 
 TOKEN = "r8_test_token"
 MODEL = "wan-video/wan-2.7-r2v"
-CHUNK = 64 * 1024
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 @dataclass
@@ -64,71 +49,40 @@ class UploadedFile:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class FakeReplicate:
+class FakeReplicate(FakeProvider):
+    name = "replicate"
+
     def __init__(
         self,
         result: bytes,
         *,
-        token: str = TOKEN,
+        key: str = TOKEN,
         complete_after_polls: int | None = 2,
         send_webhooks: bool = True,
     ) -> None:
-        self.result = result
-        self.token = token
-        self.complete_after_polls = complete_after_polls
+        super().__init__(result, key=key, complete_after_polls=complete_after_polls)
         self.send_webhooks = send_webhooks
         self.secret = webhooks.new_secret()
-        self.requests: list[Recorded] = []
         self.predictions: dict[str, Prediction] = {}
         self.files: dict[str, UploadedFile] = {}
-        self.faults: list[int] = []
-        self.hang_submit = False
-        self.result_status = 200
-        self.declare_length = True
-        self.stall_after: int | None = None
-        self.bytes_sent = 0
         self.secret_fetches = 0
         self.webhook_answers: list[tuple[str, int]] = []
-        self._release = asyncio.Event()
-        self._sending: set[asyncio.Task[None]] = set()
-        self._client = httpx.AsyncClient(timeout=5.0)
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    async def __aenter__(self) -> FakeReplicate:
-        app = web.Application(middlewares=[self._record])
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._check])
         app.router.add_post("/v1/models/{owner}/{name}/predictions", self._submit)
         app.router.add_get("/v1/predictions/{id}", self._get)
         app.router.add_post("/v1/predictions/{id}/cancel", self._cancel)
         app.router.add_get("/v1/webhooks/default/secret", self._secret)
         app.router.add_post("/v1/files", self._upload)
         app.router.add_get("/v1/files/{id}", self._file)
-        app.router.add_get("/results/{id}.mp4", self._result)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._release.set()
-        for task in list(self._sending):
-            await task
-        await self._client.aclose()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        app.router.add_get("/results/{id}.mp4", self._serve_result)
+        return app
 
     # -- what tests drive ------------------------------------------------------------------
 
     def submits(self) -> list[Recorded]:
-        return [
-            r
-            for r in self.requests
-            if r.method == "POST" and r.path == f"/v1/models/{MODEL}/predictions"
-        ]
+        return self.requested("POST", f"/v1/models/{MODEL}/predictions")
 
     def only_prediction(self) -> Prediction:
         assert len(self.predictions) == 1, self.predictions
@@ -165,27 +119,24 @@ class FakeReplicate:
     def _notify(self, prediction: Prediction, event: str) -> None:
         if not (prediction.webhook and self.send_webhooks and event in prediction.events):
             return
-        sending = asyncio.create_task(self._post_webhook(prediction, event))
-        self._sending.add(sending)
-        sending.add_done_callback(self._sending.discard)
+        self._in_background(self._post_webhook(prediction, event))
 
     async def _post_webhook(self, prediction: Prediction, event: str) -> None:
         assert prediction.webhook is not None
         body = json.dumps(self.document(prediction)).encode()
         headers = webhooks.signed_headers(self.secret, body)
         headers["Content-Type"] = "application/json"
-        response = await self._client.post(prediction.webhook, content=body, headers=headers)
-        self.webhook_answers.append((event, response.status_code))
+        async with self._client.post(prediction.webhook, data=body, headers=headers) as response:
+            self.webhook_answers.append((event, response.status))
 
     # -- routes ----------------------------------------------------------------------------
 
     @web.middleware
-    async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _check(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Record every request; refuse API calls without the token."""
-        body = await request.read()
-        self.requests.append(Recorded(request.method, request.path, dict(request.headers), body))
+        await self._record(request)
         if not request.path.startswith("/results/") and (
-            request.headers.get("Authorization") != f"Bearer {self.token}"
+            request.headers.get("Authorization") != f"Bearer {self.key}"
         ):
             return web.json_response(
                 {"title": "Unauthenticated", "detail": "You did not pass a valid token"},
@@ -198,10 +149,9 @@ class FakeReplicate:
         model = f"{request.match_info['owner']}/{request.match_info['name']}"
         if model != MODEL:
             return web.json_response({"detail": "model not found"}, status=404)
-        if self.hang_submit:
-            await self._release.wait()
-        if self.faults:
-            status = self.faults.pop(0)
+        await self._hold_submit()
+        status = self._take_failure("submit")
+        if status is not None:
             return web.json_response({"detail": f"fault {status}"}, status=status)
         body = await request.json()
         prediction = Prediction(
@@ -275,26 +225,3 @@ class FakeReplicate:
         if uploaded is None:
             return web.json_response({"detail": "Not found."}, status=404)
         return web.json_response({"id": uploaded.id, "size": len(uploaded.data)})
-
-    async def _result(self, request: web.Request) -> web.StreamResponse:
-        """The result MP4 in 64 KiB writes, counting what was sent; the knobs shape the answer."""
-        if self.result_status != 200:
-            return web.Response(status=self.result_status, text="Not Found")
-        response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
-        if self.declare_length:
-            response.content_length = len(self.result)
-        else:
-            response.enable_chunked_encoding()
-        await response.prepare(request)
-        try:
-            for start in range(0, len(self.result), CHUNK):
-                if self.stall_after is not None and self.bytes_sent >= self.stall_after:
-                    await self._release.wait()
-                    return response
-                piece = self.result[start : start + CHUNK]
-                await response.write(piece)
-                self.bytes_sent += len(piece)
-            await response.write_eof()
-        except ConnectionError:
-            pass
-        return response

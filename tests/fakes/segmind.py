@@ -4,39 +4,22 @@ It checks the ``x-api-key`` header, records every request, insists that ``refere
 and ``reference_videos`` are single URL strings, fetches them (and ``reference_voice``) as
 Segmind would, and answers look-ups at the poll path the client assumes. A request is processing
 once looked up and completes after ``complete_after_polls`` look-ups, unless the test sets its
-state itself. Knobs answer errors a given number of times, hang a submit, or lose the result.
+state itself. Knobs: those of every fake (``tests.fakes.base``), where ``fail_next`` answers API
+calls.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+
+from tests.fakes.base import FakeProvider
 
 SUBMIT_PATH = "/v2/wan2.7-r2v"
 _URL_FIELDS = ("reference_images", "reference_videos", "reference_voice")
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-
-
-@dataclass
-class Fetched:
-    url: str
-    status: int
-    content_type: str
-    size: int
 
 
 @dataclass
@@ -48,53 +31,30 @@ class FakeRequest:
     error: str | None = None
 
 
-class FakeSegmind:
+class FakeSegmind(FakeProvider):
+    name = "segmind"
+
     def __init__(
         self,
-        result: Path,
+        result: bytes,
         *,
         key: str = "sg-test-key",
         complete_after_polls: int | None = 2,
     ) -> None:
-        self.result = result
-        self.key = key
-        self.complete_after_polls = complete_after_polls
-        self.requests: list[Recorded] = []
+        super().__init__(result, key=key, complete_after_polls=complete_after_polls)
         self.jobs: dict[str, FakeRequest] = {}
-        self.fetched: list[Fetched] = []
-        self.hang_submit = False
-        self.result_missing = False
-        self._failures: list[int] = []
         self._ids = itertools.count(1)
-        self._release = asyncio.Event()
+
+    def make_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post(SUBMIT_PATH, self._submit)
         app.router.add_get("/v2/requests/{request_id}", self._status)
-        app.router.add_get("/outputs/{request_id}.mp4", self._result)
-        self._server = TestServer(app, host="127.0.0.1", port=0)
-        self._session: aiohttp.ClientSession | None = None
-        #: The fake's address (scheme, host and port), known once it has started.
-        self.url = ""
-
-    async def __aenter__(self) -> FakeSegmind:
-        await self._server.start_server()
-        self.url = str(self._server.make_url("")).rstrip("/")
-        self._session = aiohttp.ClientSession()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._release.set()
-        if self._session is not None:
-            await self._session.close()
-        await self._server.close()
+        app.router.add_get("/outputs/{request_id}.mp4", self._serve_result)
+        return app
 
     @property
     def submits(self) -> list[dict[str, Any]]:
-        return [r.body for r in self.requests if r.path == SUBMIT_PATH]
-
-    def fail_next(self, status: int, times: int = 1) -> None:
-        """Answer the next ``times`` API calls (not results) with ``status``."""
-        self._failures.extend([status] * times)
+        return [r.json() for r in self.requested("POST", SUBMIT_PATH)]
 
     def add_request(self, status: str = "QUEUED", **fields: Any) -> str:
         job = FakeRequest(f"sg-{next(self._ids)}", status, **fields)
@@ -105,25 +65,22 @@ class FakeSegmind:
         self.jobs[request_id].status = status
         self.jobs[request_id].error = error
 
-    async def _record(self, request: web.Request) -> web.Response | None:
-        body: Any = None
-        if request.can_read_body:
-            body = await request.json()
-        self.requests.append(Recorded(request.method, request.path, dict(request.headers), body))
+    async def _admit(self, request: web.Request) -> web.Response | None:
+        """Record the request; answer an auth or injected error, else ``None`` to go on."""
+        await self._record(request)
         if request.headers.get("x-api-key") != self.key:
             return web.json_response({"error": "Invalid API key"}, status=401)
-        if self._failures:
-            status = self._failures.pop(0)
+        status = self._take_failure(request.path)
+        if status is not None:
             return web.json_response({"error": f"injected {status}"}, status=status)
         return None
 
     async def _submit(self, request: web.Request) -> web.Response:
-        refused = await self._record(request)
+        refused = await self._admit(request)
         if refused is not None:
             return refused
-        if self.hang_submit:
-            await self._release.wait()
-        body = self.requests[-1].body
+        await self._hold_submit()
+        body = self.requests[-1].json()
         if not isinstance(body, dict) or not body.get("prompt"):
             return web.json_response({"error": "prompt is required"}, status=400)
         for name in _URL_FIELDS:
@@ -142,21 +99,8 @@ class FakeSegmind:
             }
         )
 
-    async def _fetch(self, url: str) -> bool:
-        assert self._session is not None
-        try:
-            async with self._session.get(url) as response:
-                size = 0
-                async for chunk in response.content.iter_chunked(64 * 1024):
-                    size += len(chunk)
-                self.fetched.append(Fetched(url, response.status, response.content_type, size))
-                return response.status == 200
-        except aiohttp.ClientError:
-            self.fetched.append(Fetched(url, 0, "", 0))
-            return False
-
     async def _status(self, request: web.Request) -> web.Response:
-        refused = await self._record(request)
+        refused = await self._admit(request)
         if refused is not None:
             return refused
         job = self.jobs.get(request.match_info["request_id"])
@@ -173,8 +117,3 @@ class FakeSegmind:
         if job.status == "FAILED":
             answer["error"] = job.error or "inference failed"
         return web.json_response(answer)
-
-    async def _result(self, request: web.Request) -> web.StreamResponse:
-        if self.result_missing:
-            return web.Response(status=404, text="NoSuchKey")
-        return web.FileResponse(self.result, headers={"Content-Type": "video/mp4"})

@@ -22,13 +22,14 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import httpx
 from aiohttp import WSMsgType, web
 from slack_sdk.signature import SignatureVerifier
+
+from tests.fakes.base import LoopbackServer
 
 T = TypeVar("T")
 
@@ -79,7 +80,7 @@ class Download:
     authorization: str | None
 
 
-class FakeSlack:
+class FakeSlack(LoopbackServer):
     def __init__(
         self,
         *,
@@ -88,6 +89,7 @@ class FakeSlack:
         signing_secret: str = "fake-signing-secret",
         team: str = TEAM,
     ) -> None:
+        super().__init__()
         self.token = token
         self.app_token = app_token
         self.signing_secret = signing_secret
@@ -114,44 +116,26 @@ class FakeSlack:
         self._socket: web.WebSocketResponse | None = None
         self._ids = itertools.count(1)
         self._changed = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     # -- running -----------------------------------------------------------------------------
 
-    async def __aenter__(self) -> FakeSlack:
+    def make_app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_get("/files-pri/{key}/download/{name}", self._download)
         app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_post("/respond/{key}", self._respond)
         app.router.add_get("/link", self._link)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        return self
+        return app
 
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
+    async def closing(self) -> None:
         if self._socket is not None:
             await self._socket.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def api_base(self) -> str:
         """What ``R2V_SLACK_API_BASE`` is set to: the Web API's address."""
-        return f"{self.origin}/api"
+        return f"{self.url}/api"
 
     # -- what the test sets up ---------------------------------------------------------------
 
@@ -160,7 +144,7 @@ class FakeSlack:
     ) -> dict[str, Any]:
         """Store a file as if ``user`` uploaded it; answers Slack's file object for it."""
         file_id = f"F{next(self._ids):06d}"
-        base = f"{self.origin}/files-pri/{self.team}-{file_id}"
+        base = f"{self.url}/files-pri/{self.team}-{file_id}"
         info = {
             "id": file_id,
             "created": int(time.time()),
@@ -178,7 +162,7 @@ class FakeSlack:
         return info
 
     def response_url(self) -> str:
-        return f"{self.origin}/respond/{secrets.token_hex(6)}"
+        return f"{self.url}/respond/{secrets.token_hex(6)}"
 
     # -- what the test reads -----------------------------------------------------------------
 
@@ -461,7 +445,7 @@ class FakeSlack:
     def _upload_url(self, args: dict[str, Any]) -> dict[str, Any]:
         file_id = f"F{next(self._ids):06d}"
         self.uploads[file_id] = Upload(file_id, str(args["filename"]), int(args["length"]))
-        return {"ok": True, "upload_url": f"{self.origin}/upload/{file_id}", "file_id": file_id}
+        return {"ok": True, "upload_url": f"{self.url}/upload/{file_id}", "file_id": file_id}
 
     def _complete_upload(self, args: dict[str, Any]) -> dict[str, Any]:
         files = args.get("files")
@@ -478,7 +462,7 @@ class FakeSlack:
         return {"ok": True, "files": done}
 
     def _connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/link"}
+        return {"ok": True, "url": "ws" + self.url.removeprefix("http") + "/link"}
 
     async def _download(self, request: web.Request) -> web.StreamResponse:
         authorization = request.headers.get("Authorization")
@@ -486,7 +470,7 @@ class FakeSlack:
         self._notify()
         if authorization != f"Bearer {self.token}":
             # What Slack does for a private file without a usable token.
-            raise web.HTTPFound(f"{self.origin}/?redir={request.path}")
+            raise web.HTTPFound(f"{self.url}/?redir={request.path}")
         file_id = request.match_info["key"].rsplit("-", 1)[-1]
         stored = self.files.get(file_id)
         if stored is None:

@@ -7,46 +7,23 @@ documented. A job runs once looked up and completes after ``complete_after_polls
 unless the test sets its state itself. Its ``outputs.video_url`` is a short link that redirects
 to the MP4, which the fake serves too. Together sends no webhooks, so neither does the fake.
 
-Knobs: ``fail_next(status, times)`` (answers to give the next API calls, e.g. 429 or 500),
-``hang_submit``, ``result_status`` (what the MP4 link answers, e.g. 404), ``redirect``,
-``fetch_references`` (off for tests whose links nobody serves).
+Knobs: those of every fake (``tests.fakes.base``), where ``fail_next`` answers API calls (not
+the result links); ``redirect``, ``fetch_references`` (off for tests whose links nobody serves).
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import json
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from aiohttp import web
+
+from tests.fakes.base import FakeProvider, Recorded
 
 KEY = "together-test-key"
 MODEL = "Wan-AI/wan2.7-r2v"
 VIDEOS_PATH = "/v2/videos"
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
-class Fetched:
-    """One reference the fake downloaded, as Together would before rendering."""
-
-    url: str
-    status: int
-    content_type: str
-    size: int
 
 
 @dataclass
@@ -59,63 +36,35 @@ class Video:
     cost: float = 0.42
 
 
-class FakeTogether:
+class FakeTogether(FakeProvider):
+    name = "together"
+
     def __init__(
         self, result: bytes, *, key: str = KEY, complete_after_polls: int | None = 2
     ) -> None:
-        self.result = result
-        self.key = key
-        self.complete_after_polls = complete_after_polls
-        self.requests: list[Recorded] = []
+        super().__init__(result, key=key, complete_after_polls=complete_after_polls)
         self.videos: dict[str, Video] = {}
-        self.fetched: list[Fetched] = []
-        self.hang_submit = False
-        self.result_status = 200
         self.redirect = True
         self.fetch_references = True
         self.short_link_hits = 0
-        self.result_downloads = 0
-        self._failures: list[int] = []
         self._ids = itertools.count(1)
-        self._release = asyncio.Event()
-        self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
-        #: The fake's address (scheme, host and port), known once it has started.
-        self.url = ""
 
-    async def __aenter__(self) -> FakeTogether:
-        app = web.Application(middlewares=[self._record])
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._check])
         app.router.add_post(VIDEOS_PATH, self._submit)
         app.router.add_get(VIDEOS_PATH + "/{id}", self._video)
         app.router.add_get("/s/{id}", self._short_link)
-        app.router.add_get("/files/{id}.mp4", self._result)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        self._session = aiohttp.ClientSession()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._release.set()
-        if self._session is not None:
-            await self._session.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        app.router.add_get("/files/{id}.mp4", self._serve_result)
+        return app
 
     # -- what tests drive ------------------------------------------------------------------
 
     def submits(self) -> list[Recorded]:
-        return [r for r in self.requests if r.method == "POST" and r.path == VIDEOS_PATH]
+        return self.requested("POST", VIDEOS_PATH)
 
     def only_video(self) -> Video:
         assert len(self.videos) == 1, self.videos
         return next(iter(self.videos.values()))
-
-    def fail_next(self, status: int, times: int = 1) -> None:
-        """Answer the next ``times`` API calls (not the result links) with ``status``."""
-        self._failures.extend([status] * times)
 
     def set_status(
         self, video_id: str, status: str, *, error: dict[str, str] | None = None
@@ -143,22 +92,20 @@ class FakeTogether:
     # -- routes ----------------------------------------------------------------------------
 
     @web.middleware
-    async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _check(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Record every request; refuse API calls without the key, or with a fault queued."""
-        body = await request.read()
-        self.requests.append(Recorded(request.method, request.path, dict(request.headers), body))
+        await self._record(request)
         if request.path.startswith(VIDEOS_PATH):
             if request.headers.get("Authorization") != f"Bearer {self.key}":
                 return _error(401, "invalid_api_key", "Invalid API key provided")
-            if self._failures:
-                status = self._failures.pop(0)
+            status = self._take_failure(request.path)
+            if status is not None:
                 return _error(status, "injected", f"injected {status}")
         response: web.StreamResponse = await handler(request)
         return response
 
     async def _submit(self, request: web.Request) -> web.Response:
-        if self.hang_submit:
-            await self._release.wait()
+        await self._hold_submit()
         body = self.requests[-1].json()
         problem = _invalid(body)
         if problem:
@@ -174,19 +121,6 @@ class FakeTogether:
                 video.error = {"code": "invalid_media", "message": f"Could not download {url}"}
         return web.json_response(self.job(video))
 
-    async def _fetch(self, url: str) -> bool:
-        assert self._session is not None
-        try:
-            async with self._session.get(url) as response:
-                size = 0
-                async for chunk in response.content.iter_chunked(64 * 1024):
-                    size += len(chunk)
-                self.fetched.append(Fetched(url, response.status, response.content_type, size))
-                return response.status == 200
-        except aiohttp.ClientError:
-            self.fetched.append(Fetched(url, 0, "", 0))
-            return False
-
     async def _video(self, request: web.Request) -> web.Response:
         video = self.videos.get(request.match_info["id"])
         if video is None:
@@ -199,19 +133,13 @@ class FakeTogether:
                 video.status = "completed"
         return web.json_response(self.job(video))
 
-    async def _short_link(self, request: web.Request) -> web.Response:
+    async def _short_link(self, request: web.Request) -> web.StreamResponse:
         """The short ``video_url``: a redirect to where the file really is."""
         self.short_link_hits += 1
         target = f"{self.url}/files/{request.match_info['id']}.mp4?X-Signature=abc"
         if not self.redirect:
-            return await self._result(request)
+            return await self._serve_result(request)
         raise web.HTTPFound(target)
-
-    async def _result(self, request: web.Request) -> web.Response:
-        self.result_downloads += 1
-        if self.result_status != 200:
-            return web.Response(status=self.result_status, text="NoSuchKey")
-        return web.Response(body=self.result, content_type="video/mp4")
 
 
 def _invalid(body: Any) -> str | None:

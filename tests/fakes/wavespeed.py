@@ -3,8 +3,9 @@
 It checks the Bearer key, records every request, keeps tasks (the test finishes them, or they
 finish after a number of status polls), hands out upload links and stores what is PUT to them,
 serves the result MP4 itself, and POSTs webhooks signed the way WaveSpeed signs them (``v3,<hex>``
-HMAC-SHA256 keyed by the secret's text after ``whsec_``). Knobs make it answer errors a given
-number of times, hang a submit, or lose the result.
+HMAC-SHA256 keyed by the secret's text after ``whsec_``). Knobs: those of every fake
+(``tests.fakes.base``), where a route is ``"submit"``, ``"status"``, ``"secret"``, ``"upload"``
+or ``"put"``.
 """
 
 from __future__ import annotations
@@ -14,22 +15,19 @@ import hashlib
 import hmac
 import json
 import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import quote
 
-import aiohttp
 from aiohttp import web
+
+from tests.fakes.base import FakeProvider
 
 SUBMIT_PATH = "/api/v3/alibaba/wan-2.7/reference-to-video"
 MODEL = "alibaba/wan-2.7/reference-to-video"
 
-Route = Literal["submit", "status", "secret", "upload", "put"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -83,51 +81,39 @@ class Upload:
     put_headers: dict[str, str] = field(default_factory=dict)
 
 
-class FakeWaveSpeed:
+class FakeWaveSpeed(FakeProvider):
     """``async with FakeWaveSpeed(result_mp4) as fake:`` — then point the client at ``fake.url``.
 
-    ``polls_to_complete``: a task reads ``processing`` from its first status poll and
+    ``complete_after_polls``: a task reads ``processing`` from its first status poll and
     ``completed`` from this poll on (``None``: only ``finish`` ends it).
     ``secret_shape``: how ``GET /api/v3/webhook/secret`` answers — ``{"data": {"secret"}}``
     (``"object"``) or the string itself as ``data`` (``"bare"``).
     """
 
+    name = "wavespeed"
+
     def __init__(
         self,
-        result: Path,
+        result: bytes,
         *,
         key: str = "ws-test-key",
         secret: str | None = None,
         secret_shape: Literal["object", "bare"] = "object",
-        polls_to_complete: int | None = 2,
+        complete_after_polls: int | None = 2,
         send_webhooks: bool = True,
     ) -> None:
-        self.result = result.read_bytes()
-        self.key = key
+        super().__init__(result, key=key, complete_after_polls=complete_after_polls)
         self.secret = secret or "whsec_" + secrets.token_urlsafe(24)
         self.secret_shape = secret_shape
-        self.polls_to_complete = polls_to_complete
         self.send_webhooks = send_webhooks
-        self.hang_submit = False
-        self.result_missing = False
         self.tasks: dict[str, Task] = {}
         self.submits: list[Submit] = []
         self.uploads: dict[str, Upload] = {}
-        self.requests: list[tuple[str, str]] = []
         self.webhook_answers: list[int] = []
         self.status_reads = 0
-        self._failures: dict[Route, list[int]] = {}
-        self._release = asyncio.Event()
         self._submitted = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self.url = ""
 
-    # -- knobs -----------------------------------------------------------------------------
-
-    def fail(self, route: Route, *statuses: int) -> None:
-        """Answer the next requests on ``route`` with these statuses, one each, in order."""
-        self._failures.setdefault(route, []).extend(statuses)
+    # -- what tests drive ------------------------------------------------------------------
 
     async def task(self, number: int = 1, within: float = 10.0) -> Task:
         """The ``number``-th task made, waiting for it to be submitted."""
@@ -149,10 +135,8 @@ class FakeWaveSpeed:
         """The webhook body WaveSpeed sends: the prediction, not wrapped in an envelope."""
         return json.dumps(self._prediction(task)).encode()
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    async def __aenter__(self) -> FakeWaveSpeed:
-        app = web.Application(middlewares=[self._record])
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._check])
         app.router.add_post(SUBMIT_PATH, self._submit)
         app.router.add_get("/api/v3/predictions/{id}/result", self._status)
         app.router.add_get("/api/v3/webhook/secret", self._secret)
@@ -160,42 +144,23 @@ class FakeWaveSpeed:
         app.router.add_put("/storage/{token}", self._put)
         app.router.add_get("/files/{token}/{name}", self._file)
         app.router.add_get("/results/{id}.mp4", self._result)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        await web.SockSite(self._runner, sock).start()
-        self._session = aiohttp.ClientSession()
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self._release.set()
-        if self._session is not None:
-            await self._session.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        return app
 
     # -- routes ----------------------------------------------------------------------------
 
     @web.middleware
-    async def _record(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        self.requests.append((request.method, request.path))
+    async def _check(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Record every request; refuse API calls without the key."""
+        await self._record(request)
         authorized = request.headers.get("Authorization") == f"Bearer {self.key}"
         if request.path.startswith("/api/") and not authorized:
             return web.json_response({"code": 401, "message": "Unauthorized"}, status=401)
         return await handler(request)
 
-    def _failure(self, route: Route) -> web.Response | None:
-        queued = self._failures.get(route)
-        if not queued:
+    def _failure(self, route: str) -> web.Response | None:
+        status = self._take_failure(route)
+        if status is None:
             return None
-        status = queued.pop(0)
         return web.json_response(
             {"code": status, "message": f"fake failure {status}"}, status=status
         )
@@ -203,8 +168,7 @@ class FakeWaveSpeed:
     async def _submit(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.submits.append(Submit(body, dict(request.query)))
-        if self.hang_submit:
-            await self._release.wait()
+        await self._hold_submit()
         failure = self._failure("submit")
         if failure is not None:
             return failure
@@ -225,8 +189,8 @@ class FakeWaveSpeed:
             return web.json_response({"code": 404, "message": "prediction not found"}, status=404)
         self.status_reads += 1
         task.polls += 1
-        if task.status in ("created", "processing") and self.polls_to_complete is not None:
-            task.status = "completed" if task.polls >= self.polls_to_complete else "processing"
+        if task.status in ("created", "processing") and self.complete_after_polls is not None:
+            task.status = "completed" if task.polls >= self.complete_after_polls else "processing"
         return web.json_response(
             {"code": 200, "message": "success", "data": self._prediction(task)}
         )
@@ -288,9 +252,9 @@ class FakeWaveSpeed:
         return web.Response(body=upload.data, content_type=upload.content_type)
 
     async def _result(self, request: web.Request) -> web.StreamResponse:
-        if self.result_missing or request.match_info["id"] not in self.tasks:
+        if request.match_info["id"] not in self.tasks:
             return web.Response(status=404)
-        return web.Response(body=self.result, content_type="video/mp4")
+        return await self._serve_result(request)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -309,10 +273,10 @@ class FakeWaveSpeed:
 
     async def _notify(self, task: Task) -> int | None:
         """POST the signed webhook for a task that ended (WaveSpeed sends none before that)."""
-        if not (self.send_webhooks and task.webhook and self._session is not None):
+        if not (self.send_webhooks and task.webhook):
             return None
         body = self.webhook_body(task)
-        async with self._session.post(
+        async with self._client.post(
             task.webhook, data=body, headers=signed_headers(self.secret, body)
         ) as response:
             self.webhook_answers.append(response.status)

@@ -3,24 +3,19 @@ webhooks), and the client alone where the bot adds nothing (status words, retrie
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from adapters.http.media import MediaLinks
 from adapters.providers.atlascloud import AtlasCloudProvider
-from adapters.providers.base import ProviderContext
 from bot.errors import ProviderError
-from bot.models import JobState, MediaKind
-from bot.ports import LabelStyle, ProviderRequest, StagedReference, TaskState
-from bot.settings import load_settings
+from bot.models import JobState
+from bot.ports import LabelStyle, ProviderRequest, TaskState
 from tests.fakes.atlascloud import (
     JWKS_PATH,
     KEY,
@@ -29,57 +24,22 @@ from tests.fakes.atlascloud import (
     FakeAtlasCloud,
     signed_headers,
 )
-from tests.harness import Harness, running_bot
-from tests.media_factory import make_image, make_video, make_wav
-
-#: Polling so slow that only a webhook can finish a job within a test's patience.
-NO_POLLING = {"poll_initial_seconds": 30.0, "poll_max_seconds": 30.0}
-
-
-@pytest.fixture(scope="module")
-def result_mp4(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    path = make_video(tmp_path_factory.mktemp("atlascloud") / "result.mp4", seconds=1.0)
-    return path.read_bytes()
+from tests.harness import (
+    NO_POLLING,
+    bot_with,
+    client_alone,
+    post_hook,
+    provider_request,
+    staged,
+    until,
+)
+from tests.media_factory import make_image, make_wav
 
 
 @pytest.fixture
 async def atlas(result_mp4: bytes) -> AsyncIterator[FakeAtlasCloud]:
     async with FakeAtlasCloud(result_mp4) as fake:
         yield fake
-
-
-@asynccontextmanager
-async def bot(
-    tmp_path: Path, fake: FakeAtlasCloud, *, public: bool, **settings: Any
-) -> AsyncIterator[Harness]:
-    async with running_bot(
-        tmp_path,
-        public=public,
-        atlascloud_api_key=fake.key,
-        atlascloud_base_url=fake.url,
-        provider="atlascloud",
-        **settings,
-    ) as harness:
-        yield harness
-
-
-async def until(check: Callable[[], object], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-async def post_hook(url: str, body: bytes, headers: dict[str, str]) -> int:
-    async with httpx.AsyncClient() as client:
-        return (await client.post(url, content=body, headers=headers)).status_code
-
-
-def delivered_bytes(h: Harness, job_id: str) -> bytes:
-    (post,) = h.chat.videos(job_id)
-    assert post.path is not None
-    return post.path.read_bytes()
 
 
 # End to end --------------------------------------------------------------------------------------
@@ -89,7 +49,7 @@ async def test_a_signed_webhook_finishes_the_job_and_the_video_is_delivered(
     tmp_path: Path, atlas: FakeAtlasCloud
 ) -> None:
     atlas.complete_after_polls = None
-    async with bot(tmp_path, atlas, public=True, **NO_POLLING) as h:
+    async with bot_with(tmp_path, atlas, public=True, **NO_POLLING) as h:
         assert atlas.jwks_fetches == 1  # fetched at start, since webhooks can reach the bot
         await h.character("alice", voice=True)
         job_id = await h.generate("@alice waves at the camera")
@@ -99,7 +59,7 @@ async def test_a_signed_webhook_finishes_the_job_and_the_video_is_delivered(
         atlas.complete(task.id)
         job = await h.delivered(job_id, within=10)
 
-        assert delivered_bytes(h, job_id) == atlas.result
+        assert h.delivered_bytes(job_id) == atlas.result
         assert atlas.webhook_answers == [202]
         assert job.task_id == task.id
     # Only the webhook's wake-up looked at the status: polling alone would have taken 30 s.
@@ -132,7 +92,7 @@ async def test_polling_alone_delivers_through_early_404s_with_every_option(
     tmp_path: Path, atlas: FakeAtlasCloud
 ) -> None:
     atlas.not_found_polls = 2  # as right after creation: "not yet", not a failure
-    async with bot(tmp_path, atlas, public=False, atlascloud_labels="separate") as h:
+    async with bot_with(tmp_path, atlas, public=False, atlascloud_labels="separate") as h:
         await h.character("alice", voice=True)
         await h.character("bob", video=True)
         job_id = await h.generate(
@@ -144,7 +104,7 @@ async def test_polling_alone_delivers_through_early_404s_with_every_option(
             negative="blurry, text",
         )
         await h.delivered(job_id, within=15)
-        assert delivered_bytes(h, job_id) == atlas.result
+        assert h.delivered_bytes(job_id) == atlas.result
         assert JobState.FAILED not in h.chat.states(job_id)
 
     task = atlas.only_task()
@@ -172,7 +132,7 @@ async def test_a_job_failed_by_moderation_with_http_200_ends_with_a_moderation_m
     tmp_path: Path, atlas: FakeAtlasCloud
 ) -> None:
     atlas.complete_after_polls = None
-    async with bot(tmp_path, atlas, public=False) as h:
+    async with bot_with(tmp_path, atlas, public=False) as h:
         await h.character("alice")
         job_id = await h.generate("@alice waves")
         await until(lambda: atlas.tasks)
@@ -189,8 +149,8 @@ async def test_a_job_failed_by_moderation_with_http_200_ends_with_a_moderation_m
 async def test_a_server_error_to_the_submit_is_never_sent_again(
     tmp_path: Path, atlas: FakeAtlasCloud
 ) -> None:
-    atlas.fail_next(502, path=SUBMIT_PATH)
-    async with bot(tmp_path, atlas, public=False) as h:
+    atlas.fail_next(502, route=SUBMIT_PATH)
+    async with bot_with(tmp_path, atlas, public=False) as h:
         await h.character("alice")
         job = await h.finished(await h.generate("@alice waves"), within=10)
 
@@ -204,7 +164,7 @@ async def test_a_result_link_answering_404_fails_the_job_saying_the_video_is_gon
     tmp_path: Path, atlas: FakeAtlasCloud
 ) -> None:
     atlas.result_status = 404
-    async with bot(tmp_path, atlas, public=False) as h:
+    async with bot_with(tmp_path, atlas, public=False) as h:
         await h.character("alice")
         job = await h.finished(await h.generate("@alice waves"), within=10)
     assert job.state is JobState.FAILED
@@ -216,7 +176,7 @@ async def test_forged_stale_and_altered_webhooks_get_401_and_change_nothing(
 ) -> None:
     atlas.complete_after_polls = None
     atlas.send_webhooks = False
-    async with bot(tmp_path, atlas, public=True, **NO_POLLING) as h:
+    async with bot_with(tmp_path, atlas, public=True, **NO_POLLING) as h:
         await h.character("alice")
         job_id = await h.generate("@alice waves")
         await until(lambda: atlas.tasks)
@@ -255,10 +215,6 @@ async def test_forged_stale_and_altered_webhooks_get_401_and_change_nothing(
 # The client on its own ---------------------------------------------------------------------------
 
 
-async def _no_sleep(seconds: float) -> None:
-    return None
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = 1_800_000_000.0
@@ -267,29 +223,17 @@ class Clock:
         return self.now
 
 
-@asynccontextmanager
-async def direct(
+def direct(
     tmp_path: Path,
     fake: FakeAtlasCloud,
     *,
-    client_timeout: float = 5.0,
     clock: Callable[[], float] = time.time,
     **settings: Any,
-) -> AsyncIterator[AtlasCloudProvider]:
+) -> AbstractAsyncContextManager[AtlasCloudProvider]:
     """The client alone; retries do not wait."""
-    values: dict[str, Any] = {
-        "_env_file": None,
-        "data_dir": tmp_path / "direct",
-        "atlascloud_api_key": fake.key,
-        "atlascloud_base_url": fake.url,
-        **settings,
-    }
-    loaded = load_settings(**values)
-    async with httpx.AsyncClient(timeout=client_timeout) as client:
-        context = ProviderContext(
-            loaded, client, MediaLinks(b"k" * 32, loaded.public_url), sleep=_no_sleep
-        )
-        yield AtlasCloudProvider(context, clock=clock)
+    return client_alone(
+        lambda context: AtlasCloudProvider(context, clock=clock), tmp_path, fake, **settings
+    )
 
 
 def image_request(tmp_path: Path, *, voices: int = 0) -> ProviderRequest:
@@ -297,29 +241,8 @@ def image_request(tmp_path: Path, *, voices: int = 0) -> ProviderRequest:
     for index in range(1, max(voices, 1) + 1):
         image = make_image(tmp_path / f"p{index}.png")
         voice = make_wav(tmp_path / f"v{index}.wav", seconds=1.0) if index <= voices else None
-        references.append(
-            StagedReference(
-                f"character{index}",
-                MediaKind.IMAGE,
-                image,
-                "image/png",
-                voice_path=voice,
-                voice_mime="audio/wav" if voice else None,
-                blob=f"{index:02d}" * 32,
-                voice_blob=f"{index + 50:02d}" * 32 if voice else None,
-            )
-        )
-    return ProviderRequest(
-        job_id="j1",
-        prompt="character1 waves",
-        references=tuple(references),
-        duration=5,
-        resolution="720p",
-        aspect_ratio="16:9",
-        seed=None,
-        negative_prompt="",
-        webhook_url=None,
-    )
+        references.append(staged(image, f"character{index}", voice=voice))
+    return provider_request(*references, prompt="character1 waves")
 
 
 async def test_every_documented_status_is_mapped_and_a_task_unknown_too_long_is_lost(
@@ -370,7 +293,7 @@ async def test_every_documented_status_is_mapped_and_a_task_unknown_too_long_is_
 async def test_a_rate_limited_submit_is_sent_again_and_makes_one_job(
     tmp_path: Path, atlas: FakeAtlasCloud
 ) -> None:
-    atlas.fail_next(429, path=SUBMIT_PATH)
+    atlas.fail_next(429, route=SUBMIT_PATH)
     async with direct(tmp_path, atlas) as client:
         await client.submit(image_request(tmp_path))
     assert len(atlas.submits()) == 2 and len(atlas.tasks) == 1

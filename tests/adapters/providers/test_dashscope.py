@@ -6,85 +6,41 @@ public URL because DashScope fetches every reference from our signed ``/media`` 
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from adapters.http.media import MediaLinks
-from adapters.providers.base import ProviderContext
 from adapters.providers.dashscope import DashScopeProvider, VideoUsage
 from bot.errors import ProviderError
-from bot.models import JobState, MediaKind
-from bot.ports import ProviderRequest, StagedReference, TaskState
-from bot.settings import load_settings
+from bot.models import JobState
+from bot.ports import TaskState
 from tests.fakes.dashscope import FakeDashScope
-from tests.harness import Harness, running_bot
-from tests.media_factory import make_image, make_video
+from tests.harness import bot_with, client_alone, image_request, until
 
 
 @pytest.fixture
-def result_mp4(tmp_path: Path) -> Path:
-    return make_video(tmp_path / "result.mp4", seconds=1.0)
-
-
-@pytest.fixture
-async def fake(result_mp4: Path) -> AsyncIterator[FakeDashScope]:
+async def fake(result_mp4: bytes) -> AsyncIterator[FakeDashScope]:
     async with FakeDashScope(result_mp4) as server:
         yield server
 
 
-@asynccontextmanager
-async def bot(tmp_path: Path, fake: FakeDashScope, **settings: Any) -> AsyncIterator[Harness]:
-    async with running_bot(
-        tmp_path,
-        dashscope_api_key=fake.key,
-        dashscope_base_url=fake.url,
-        provider="dashscope",
-        **settings,
-    ) as harness:
-        yield harness
-
-
-@asynccontextmanager
-async def direct(
-    tmp_path: Path, fake: FakeDashScope, *, key: str | None = None, client_timeout: float = 5.0
-) -> AsyncIterator[DashScopeProvider]:
+def direct(
+    tmp_path: Path, fake: FakeDashScope, **settings: Any
+) -> AbstractAsyncContextManager[DashScopeProvider]:
     """The client alone, for API edges a chat command cannot reach (every status word)."""
-    settings = load_settings(
-        _env_file=None,
-        data_dir=tmp_path / "direct",
-        dashscope_api_key=key or fake.key,
-        dashscope_base_url=fake.url,
-        public_url="http://127.0.0.1:9",
+    return client_alone(
+        DashScopeProvider, tmp_path, fake, public_url="http://127.0.0.1:9", **settings
     )
-    async with httpx.AsyncClient(timeout=client_timeout) as client:
-        links = MediaLinks(b"k" * 32, settings.public_url)
-        yield DashScopeProvider(ProviderContext(settings, client, links, sleep=_no_sleep))
-
-
-async def _no_sleep(seconds: float) -> None:
-    return None
-
-
-async def first_task(fake: FakeDashScope) -> str:
-    for _ in range(500):
-        if fake.tasks:
-            return next(iter(fake.tasks))
-        await asyncio.sleep(0.01)
-    raise AssertionError("the bot never submitted a task")
 
 
 async def test_a_polled_job_delivers_the_video_and_sends_the_documented_request(
-    tmp_path: Path, fake: FakeDashScope, result_mp4: Path
+    tmp_path: Path, fake: FakeDashScope, result_mp4: bytes
 ) -> None:
-    async with bot(tmp_path, fake) as h:
+    async with bot_with(tmp_path, fake) as h:
         await h.character("alice", voice=True)
         await h.character("bob", video=True)
         job_id = await h.generate(
@@ -96,9 +52,7 @@ async def test_a_polled_job_delivers_the_video_and_sends_the_documented_request(
             negative="blurry",
         )
         job = await h.delivered(job_id)
-        delivered = h.chat.videos(job_id)[0].path
-        assert delivered is not None
-        assert await asyncio.to_thread(_same_bytes, delivered, result_mp4)
+        assert h.delivered_bytes(job_id) == result_mp4
         assert job.task_id is not None
         provider = h.app.providers["dashscope"]
         assert isinstance(provider, DashScopeProvider)
@@ -106,7 +60,7 @@ async def test_a_polled_job_delivers_the_video_and_sends_the_documented_request(
 
     [submit] = [r for r in fake.requests if r.method == "POST"]
     assert submit.headers["X-DashScope-Async"] == "enable"
-    body = submit.body
+    body = submit.json()
     assert body["model"] == "wan2.7-r2v"
     assert body["input"]["prompt"] == "Image 1 waves at Video 1"
     assert body["input"]["negative_prompt"] == "blurry"
@@ -130,7 +84,7 @@ async def test_a_public_url_brings_no_webhook_because_dashscope_has_none(
 ) -> None:
     """The "with webhooks" run: DashScope documents no callback, so even with a public URL the
     request names none and the job finishes by polling alone."""
-    async with bot(tmp_path, fake) as h:
+    async with bot_with(tmp_path, fake) as h:
         assert h.public_url is not None
         assert h.app.providers["dashscope"].capabilities.webhooks is False
         await h.character("alice")
@@ -142,7 +96,7 @@ async def test_a_public_url_brings_no_webhook_because_dashscope_has_none(
 async def test_without_a_public_url_the_job_is_refused_naming_the_setting(
     tmp_path: Path, fake: FakeDashScope
 ) -> None:
-    async with bot(tmp_path, fake, public=False) as h:
+    async with bot_with(tmp_path, fake, public=False) as h:
         await h.character("alice")
         reply = await h.run("generate", prompt="@alice waves")
     assert reply.code == "configuration_error"
@@ -151,15 +105,14 @@ async def test_without_a_public_url_the_job_is_refused_naming_the_setting(
 
 
 async def test_a_content_inspection_failure_is_reported_as_a_refusal(
-    tmp_path: Path, result_mp4: Path
+    tmp_path: Path, fake: FakeDashScope
 ) -> None:
-    async with (
-        FakeDashScope(result_mp4, complete_after_polls=None) as fake,
-        bot(tmp_path, fake) as h,
-    ):
+    fake.complete_after_polls = None
+    async with bot_with(tmp_path, fake) as h:
         await h.character("alice")
         job_id = await h.generate("@alice waves")
-        task_id = await first_task(fake)
+        await until(lambda: fake.tasks)
+        task_id = next(iter(fake.tasks))
         fake.set_state(
             task_id,
             "FAILED",
@@ -175,15 +128,14 @@ async def test_a_content_inspection_failure_is_reported_as_a_refusal(
 
 
 async def test_a_task_the_provider_forgot_fails_with_that_reason(
-    tmp_path: Path, result_mp4: Path
+    tmp_path: Path, fake: FakeDashScope
 ) -> None:
-    async with (
-        FakeDashScope(result_mp4, complete_after_polls=None) as fake,
-        bot(tmp_path, fake) as h,
-    ):
+    fake.complete_after_polls = None
+    async with bot_with(tmp_path, fake) as h:
         await h.character("alice")
         job_id = await h.generate("@alice waves")
-        del fake.tasks[await first_task(fake)]  # expired: DashScope answers UNKNOWN
+        await until(lambda: fake.tasks)
+        del fake.tasks[next(iter(fake.tasks))]  # expired: DashScope answers UNKNOWN
         job = await h.finished(job_id)
     assert job.state is JobState.FAILED
     assert job.reason is not None and "the provider no longer knows this task" in job.reason
@@ -192,8 +144,8 @@ async def test_a_task_the_provider_forgot_fails_with_that_reason(
 async def test_a_result_link_that_answers_404_fails_the_job(
     tmp_path: Path, fake: FakeDashScope
 ) -> None:
-    fake.result_missing = True
-    async with bot(tmp_path, fake) as h:
+    fake.result_status = 404
+    async with bot_with(tmp_path, fake) as h:
         await h.character("alice")
         job = await h.finished(await h.generate("@alice waves"))
     assert job.state is JobState.FAILED
@@ -213,12 +165,10 @@ async def test_a_result_link_that_answers_404_fails_the_job(
     ],
 )
 async def test_every_documented_status_maps_to_our_state(
-    tmp_path: Path, result_mp4: Path, raw: str, expected: TaskState
+    tmp_path: Path, fake: FakeDashScope, raw: str, expected: TaskState
 ) -> None:
-    async with (
-        FakeDashScope(result_mp4, complete_after_polls=None) as fake,
-        direct(tmp_path, fake) as provider,
-    ):
+    fake.complete_after_polls = None
+    async with direct(tmp_path, fake) as provider:
         task_id = fake.add_task(raw, code="InternalError.Timeout", message="took too long")
         status = await provider.status(task_id)
     assert status.state is expected
@@ -230,12 +180,10 @@ async def test_every_documented_status_maps_to_our_state(
 
 
 async def test_cancel_stops_a_waiting_task_and_declines_a_running_one(
-    tmp_path: Path, result_mp4: Path
+    tmp_path: Path, fake: FakeDashScope
 ) -> None:
-    async with (
-        FakeDashScope(result_mp4, complete_after_polls=None) as fake,
-        direct(tmp_path, fake) as provider,
-    ):
+    fake.complete_after_polls = None
+    async with direct(tmp_path, fake) as provider:
         waiting, running = fake.add_task("PENDING"), fake.add_task("RUNNING")
         assert await provider.cancel(waiting) is True
         assert await provider.cancel(running) is False
@@ -247,7 +195,7 @@ async def test_check_key_accepts_the_key_and_says_jobs_are_polled(
 ) -> None:
     async with direct(tmp_path, fake) as provider:
         good = await provider.check_key()
-    async with direct(tmp_path, fake, key="sk-wrong") as provider:
+    async with direct(tmp_path, fake, dashscope_api_key="sk-wrong") as provider:
         bad = await provider.check_key()
     assert good.ok and not good.webhooks and "polled" in good.detail
     assert not bad.ok
@@ -259,7 +207,7 @@ async def test_a_server_error_on_submit_is_retried_and_the_job_goes_on(
 ) -> None:
     async with direct(tmp_path, fake) as provider:
         fake.fail_next(500)
-        task_id = await provider.submit(_request(tmp_path))
+        task_id = await provider.submit(image_request(tmp_path))
     assert task_id in fake.tasks
     assert len(fake.submits) == 2
 
@@ -268,28 +216,6 @@ async def test_a_submit_that_hangs_is_not_sent_again(tmp_path: Path, fake: FakeD
     fake.hang_submit = True
     async with direct(tmp_path, fake, client_timeout=0.3) as provider:
         with pytest.raises(ProviderError) as caught:
-            await provider.submit(_request(tmp_path))
+            await provider.submit(image_request(tmp_path))
     assert caught.value.code == "submit_unknown"
     assert len(fake.submits) == 1
-
-
-def _same_bytes(a: Path, b: Path) -> bool:
-    return a.read_bytes() == b.read_bytes()
-
-
-def _request(tmp_path: Path) -> ProviderRequest:
-    """A one-image request whose link points nowhere (the tests using it never fetch it)."""
-    image = make_image(tmp_path / "ref.png")
-    blob = hashlib.sha256(image.read_bytes()).hexdigest()
-    reference = StagedReference("Image 1", MediaKind.IMAGE, image, "image/png", blob=blob)
-    return ProviderRequest(
-        job_id="j1",
-        prompt="Image 1 waves",
-        references=(reference,),
-        duration=5,
-        resolution="720p",
-        aspect_ratio="16:9",
-        seed=None,
-        negative_prompt="",
-        webhook_url=None,
-    )

@@ -1,71 +1,42 @@
 """The fal.ai client: the whole bot against a loopback fal (queue, uploads, JWKS, webhooks).
 
-End-to-end tests drive ``/generate`` through the real bot (``running_bot``) with ``FAL_KEY`` and
+End-to-end tests drive ``/generate`` through the real bot (``bot_with``) with ``FAL_KEY`` and
 ``R2V_FAL_BASE_URL`` pointing at the fake; narrower ones call the client itself against the same
 fake where the bot adds nothing (status mapping, key check, a submit that hangs).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from adapters.http.media import MediaLinks
-from adapters.providers.base import ProviderContext
 from adapters.providers.fal import FalProvider, FalTask
 from bot.errors import ProviderError
-from bot.models import JobState, MediaKind
-from bot.ports import ProviderRequest, StagedReference, TaskState
-from bot.settings import load_settings
-from tests.fakes.fal import KEY, MODEL, FakeFal, signed_headers
-from tests.harness import Harness, running_bot
-from tests.media_factory import make_image, make_video
-
-#: Polling so slow that only a webhook can finish a job within a test's patience.
-NO_POLLING = {"poll_initial_seconds": 30.0, "poll_max_seconds": 30.0}
-
-
-@pytest.fixture(scope="module")
-def result_mp4(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    path = make_video(tmp_path_factory.mktemp("fal") / "result.mp4", seconds=1.0)
-    return path.read_bytes()
+from bot.models import JobState
+from bot.ports import TaskState
+from tests.fakes.fal import MODEL, FakeFal, signed_headers
+from tests.harness import (
+    NO_POLLING,
+    Harness,
+    bot_with,
+    image_request,
+    post_hook,
+    provider_context,
+    until,
+)
 
 
 @pytest.fixture
 async def fal(result_mp4: bytes) -> AsyncIterator[FakeFal]:
     async with FakeFal(result_mp4) as fake:
         yield fake
-
-
-def fal_settings(fake: FakeFal, **more: object) -> dict[str, object]:
-    return {"fal_key": KEY, "fal_base_url": fake.url, **more}
-
-
-async def until(check: Callable[[], object], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-async def post_hook(url: str, body: bytes, headers: dict[str, str]) -> int:
-    async with httpx.AsyncClient() as client:
-        return (await client.post(url, content=body, headers=headers)).status_code
-
-
-def delivered_bytes(h: Harness, job_id: str) -> bytes:
-    (post,) = h.chat.videos(job_id)
-    assert post.path is not None
-    return post.path.read_bytes()
 
 
 # End to end --------------------------------------------------------------------------------------
@@ -75,7 +46,7 @@ async def test_a_webhook_finishes_the_job_and_the_video_is_delivered(
     tmp_path: Path, fal: FakeFal
 ) -> None:
     fal.complete_after_polls = None
-    async with running_bot(tmp_path, public=True, **fal_settings(fal), **NO_POLLING) as h:
+    async with bot_with(tmp_path, fal, public=True, **NO_POLLING) as h:
         await h.character("alice")
         job_id = await h.generate("@alice waves at the camera")
         await until(lambda: fal.tasks)
@@ -84,7 +55,7 @@ async def test_a_webhook_finishes_the_job_and_the_video_is_delivered(
         fal.complete(task.request_id)
         job = await h.delivered(job_id, within=10)
 
-        assert delivered_bytes(h, job_id) == fal.result
+        assert h.delivered_bytes(job_id) == fal.result
         assert fal.webhook_answers == [202]
         assert job.task_id is not None and task.request_id in job.task_id
     # The webhook URL rode in the fal_webhook query parameter, pointing at this job's hook.
@@ -109,9 +80,7 @@ async def test_a_webhook_finishes_the_job_and_the_video_is_delivered(
 async def test_polling_alone_delivers_with_every_option_and_another_label_style(
     tmp_path: Path, fal: FakeFal
 ) -> None:
-    async with running_bot(
-        tmp_path, public=False, **fal_settings(fal, fal_labels="videos_first")
-    ) as h:
+    async with bot_with(tmp_path, fal, public=False, fal_labels="videos_first") as h:
         await h.character("alice", voice=True)
         await h.character("bob", video=True)
         reply = await h.run(
@@ -126,7 +95,7 @@ async def test_polling_alone_delivers_with_every_option_and_another_label_style(
         assert reply.job_id is not None, reply.text
         await h.delivered(reply.job_id, within=15)
 
-        assert delivered_bytes(h, reply.job_id) == fal.result
+        assert h.delivered_bytes(reply.job_id) == fal.result
     # fal takes no voice: the user was told, and no voice went out.
     assert "voices dropped" in reply.text
     (submit,) = fal.submits()
@@ -150,8 +119,8 @@ async def test_polling_alone_delivers_with_every_option_and_another_label_style(
 async def test_a_rate_limited_submit_is_sent_again_and_the_job_still_succeeds(
     tmp_path: Path, fal: FakeFal
 ) -> None:
-    fal.faults = [429]
-    async with running_bot(tmp_path, public=False, **fal_settings(fal)) as h:
+    fal.fail_next(429)
+    async with bot_with(tmp_path, fal, public=False) as h:
         await h.character("alice")
         job_id = await h.generate("@alice jumps")
         await h.delivered(job_id, within=15)
@@ -164,7 +133,7 @@ async def test_a_result_link_answering_404_fails_the_job_saying_the_video_is_gon
     tmp_path: Path, fal: FakeFal
 ) -> None:
     fal.result_status = 404
-    async with running_bot(tmp_path, public=False, **fal_settings(fal)) as h:
+    async with bot_with(tmp_path, fal, public=False) as h:
         await h.character("alice")
         job_id = await h.generate("@alice jumps")
         job = await h.finished(job_id, within=10)
@@ -179,9 +148,7 @@ async def test_a_result_declared_larger_than_the_limit_is_refused_before_its_bod
 ) -> None:
     fal.result = os.urandom(1_000_000)
     fal.stall_after = 0  # the body would never come: reading it would hang the job
-    async with running_bot(
-        tmp_path, public=False, **fal_settings(fal, max_result_bytes=200_000)
-    ) as h:
+    async with bot_with(tmp_path, fal, public=False, max_result_bytes=200_000) as h:
         await h.character("alice")
         job_id = await h.generate("@alice jumps")
         job = await h.finished(job_id, within=10)
@@ -195,7 +162,7 @@ async def test_a_content_policy_failure_is_worded_as_a_content_refusal(
     tmp_path: Path, fal: FakeFal
 ) -> None:
     fal.complete_after_polls = None
-    async with running_bot(tmp_path, public=False, **fal_settings(fal)) as h:
+    async with bot_with(tmp_path, fal, public=False) as h:
         await h.character("alice")
         job_id = await h.generate("@alice jumps")
         await until(lambda: fal.tasks)
@@ -227,7 +194,7 @@ async def test_forged_replayed_and_altered_webhooks_get_401_and_change_nothing(
 ) -> None:
     fal.complete_after_polls = None
     fal.send_webhooks = False
-    async with running_bot(tmp_path, public=True, **fal_settings(fal), **NO_POLLING) as h:
+    async with bot_with(tmp_path, fal, public=True, **NO_POLLING) as h:
         job_id, webhook = await submitted_job(h, fal)
         task = fal.only_task()
         before = await h.job(job_id)
@@ -264,7 +231,7 @@ async def test_a_webhook_signed_by_a_rotated_key_is_accepted_after_one_key_set_f
 ) -> None:
     fal.complete_after_polls = None
     fal.send_webhooks = False
-    async with running_bot(tmp_path, public=True, **fal_settings(fal), **NO_POLLING) as h:
+    async with bot_with(tmp_path, fal, public=True, **NO_POLLING) as h:
         job_id, webhook = await submitted_job(h, fal)
         task = fal.only_task()
         body = fal.webhook_body(task)
@@ -301,31 +268,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 def provider(
     tmp_path: Path, fake: FakeFal, client: httpx.AsyncClient, **settings: object
 ) -> FalProvider:
-    values: dict[str, object] = {
-        "data_dir": tmp_path / "data",
-        "_env_file": None,
-        **fal_settings(fake),
-        **settings,
-    }
-    return FalProvider(
-        ProviderContext(load_settings(**values), client, MediaLinks(b"k" * 32, None))
-    )
-
-
-def image_request(tmp_path: Path) -> ProviderRequest:
-    image = make_image(tmp_path / "alice.png")
-    reference = StagedReference("Image 1", MediaKind.IMAGE, image, "image/png", blob="ab" * 32)
-    return ProviderRequest(
-        job_id="j1",
-        prompt="Image 1 waves",
-        references=(reference,),
-        duration=5,
-        resolution="720p",
-        aspect_ratio="16:9",
-        seed=None,
-        negative_prompt="",
-        webhook_url=None,
-    )
+    return FalProvider(provider_context(tmp_path, fake, client, **settings))
 
 
 async def test_every_documented_state_is_mapped(

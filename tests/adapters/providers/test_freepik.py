@@ -10,75 +10,31 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from adapters.http.media import MediaLinks
-from adapters.providers.base import ProviderContext
 from adapters.providers.freepik import FreepikProvider
 from bot.models import JobState, MediaKind
 from bot.ports import TaskState
-from bot.settings import load_settings
 from tests.fakes.freepik import FakeFreepik, Task
-from tests.harness import Harness, running_bot
-from tests.media_factory import make_video
-
-#: Polling pushed out of the way: in these tests only a webhook can wake a job in time.
-NO_POLLING: dict[str, Any] = {"poll_initial_seconds": 30.0, "poll_max_seconds": 60.0}
+from tests.harness import NO_POLLING, bot_with, client_alone
 
 
 @pytest.fixture
-def result_mp4(tmp_path: Path) -> Path:
-    return make_video(tmp_path / "result.mp4", seconds=1.0)
-
-
-@pytest.fixture
-async def fake(result_mp4: Path) -> AsyncIterator[FakeFreepik]:
+async def fake(result_mp4: bytes) -> AsyncIterator[FakeFreepik]:
     async with FakeFreepik(result_mp4) as server:
         yield server
 
 
-@asynccontextmanager
-async def bot(tmp_path: Path, fake: FakeFreepik, **settings: Any) -> AsyncIterator[Harness]:
-    async with running_bot(
-        tmp_path,
-        freepik_api_key=fake.key,
-        freepik_base_url=fake.url,
-        provider="freepik",
-        **settings,
-    ) as harness:
-        yield harness
-
-
-@asynccontextmanager
-async def direct(
-    tmp_path: Path, fake: FakeFreepik, *, key: str | None = None, public_url: str | None = None
-) -> AsyncIterator[FreepikProvider]:
+def direct(
+    tmp_path: Path, fake: FakeFreepik, **settings: Any
+) -> AbstractAsyncContextManager[FreepikProvider]:
     """The client alone, for API edges a chat command cannot reach (every status word)."""
-    settings = load_settings(
-        _env_file=None,
-        data_dir=tmp_path / "direct",
-        freepik_api_key=key or fake.key,
-        freepik_base_url=fake.url,
-        public_url=public_url,
-    )
-    async with httpx.AsyncClient(timeout=5.0) as client:
-        links = MediaLinks(b"k" * 32, settings.public_url)
-        yield FreepikProvider(ProviderContext(settings, client, links, sleep=_no_sleep))
-
-
-async def _no_sleep(seconds: float) -> None:
-    return None
-
-
-def delivered_bytes(h: Harness, job_id: str) -> bytes:
-    path = h.chat.videos(job_id)[0].path
-    assert path is not None
-    return path.read_bytes()
+    return client_alone(FreepikProvider, tmp_path, fake, **settings)
 
 
 # Whole jobs ------------------------------------------------------------------------------------
@@ -87,15 +43,15 @@ def delivered_bytes(h: Harness, job_id: str) -> bytes:
 async def test_webhooks_finish_the_job_and_the_fake_fetched_every_signed_link(
     tmp_path: Path, fake: FakeFreepik
 ) -> None:
-    fake.polls_to_complete = None
-    async with bot(tmp_path, fake, **NO_POLLING) as h:
+    fake.complete_after_polls = None
+    async with bot_with(tmp_path, fake, **NO_POLLING) as h:
         await h.character("alice", voice=True)
         await h.character("bob", video=True, voice=True)
         job_id = await h.generate("@bob bows to @alice", aspect="9:16", seed=5)
         task = await fake.task()
         await fake.finish(task.task_id)
         job = await h.delivered(job_id, within=10.0)
-        assert delivered_bytes(h, job_id) == fake.result
+        assert h.delivered_bytes(job_id) == fake.result
 
     # One webhook per status change, each accepted by the bot.
     assert fake.webhooks == [("IN_PROGRESS", 202), ("COMPLETED", 202)]
@@ -134,13 +90,13 @@ async def test_webhooks_finish_the_job_and_the_fake_fetched_every_signed_link(
 
 async def test_polling_alone_finishes_the_job(tmp_path: Path, fake: FakeFreepik) -> None:
     fake.send_webhooks = False
-    async with bot(tmp_path, fake) as h:
+    async with bot_with(tmp_path, fake) as h:
         await h.character("carol")
         job_id = await h.generate(
             "@carol waves", resolution="1080p", negative="blurry", duration=10
         )
         await h.delivered(job_id, within=10.0)
-        assert delivered_bytes(h, job_id) == fake.result
+        assert h.delivered_bytes(job_id) == fake.result
     assert fake.webhooks == []
     assert fake.status_reads >= 2
     [body] = fake.submits
@@ -158,8 +114,8 @@ async def test_polling_alone_finishes_the_job(tmp_path: Path, fake: FakeFreepik)
 async def test_an_unsigned_webhook_claiming_success_only_causes_a_status_check(
     tmp_path: Path, fake: FakeFreepik
 ) -> None:
-    fake.polls_to_complete = None
-    async with bot(tmp_path, fake, **NO_POLLING) as h:
+    fake.complete_after_polls = None
+    async with bot_with(tmp_path, fake, **NO_POLLING) as h:
         await h.character("dave")
         job_id = await h.generate("@dave jumps")
         task = await fake.task()
@@ -179,9 +135,9 @@ async def test_an_unsigned_webhook_claiming_success_only_causes_a_status_check(
 
 
 async def test_a_503_is_retried_and_the_job_delivered(tmp_path: Path, fake: FakeFreepik) -> None:
-    fake.fail("submit", 503)
+    fake.fail_next(503, route="submit")
     fake.send_webhooks = False
-    async with bot(tmp_path, fake) as h:
+    async with bot_with(tmp_path, fake) as h:
         await h.character("erin")
         job_id = await h.generate("@erin smiles")
         await h.delivered(job_id, within=10.0)
@@ -193,7 +149,7 @@ async def test_a_503_is_retried_and_the_job_delivered(tmp_path: Path, fake: Fake
 async def test_without_a_public_address_the_command_is_refused_before_anything_is_sent(
     tmp_path: Path, fake: FakeFreepik
 ) -> None:
-    async with bot(tmp_path, fake, public=False) as h:
+    async with bot_with(tmp_path, fake, public=False) as h:
         await h.character("frank")
         reply = await h.run("generate", prompt="@frank runs")
     assert reply.code == "configuration_error"
@@ -204,9 +160,9 @@ async def test_without_a_public_address_the_command_is_refused_before_anything_i
 async def test_a_failed_task_ends_the_job_with_the_providers_reason(
     tmp_path: Path, fake: FakeFreepik
 ) -> None:
-    fake.polls_to_complete = None
+    fake.complete_after_polls = None
     fake.send_webhooks = False
-    async with bot(tmp_path, fake) as h:
+    async with bot_with(tmp_path, fake) as h:
         await h.character("gina")
         job_id = await h.generate("@gina sings")
         task = await fake.task()
@@ -232,7 +188,7 @@ async def test_a_failed_task_ends_the_job_with_the_providers_reason(
 async def test_every_status_word_maps_to_a_task_state(
     tmp_path: Path, fake: FakeFreepik, raw: str, state: TaskState
 ) -> None:
-    fake.polls_to_complete = None
+    fake.complete_after_polls = None
     fake.tasks["t1"] = Task("t1", {}, status=raw, error="broke" if raw == "FAILED" else None)
     async with direct(tmp_path, fake) as provider:
         status = await provider.status("t1")
@@ -251,7 +207,7 @@ async def test_check_key_says_whether_jobs_and_webhooks_can_work(
         public = await provider.check_key()
     async with direct(tmp_path, fake) as provider:
         private = await provider.check_key()
-    async with direct(tmp_path, fake, key="wrong") as provider:
+    async with direct(tmp_path, fake, freepik_api_key="wrong") as provider:
         refused = await provider.check_key()
     assert public.ok and public.webhooks
     assert private.ok and not private.webhooks and "R2V_PUBLIC_URL" in private.detail

@@ -3,85 +3,58 @@ unsigned webhook, and by polling alone), uploads, both status tables and both an
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from adapters.http.media import MediaLinks
-from adapters.providers.base import ProviderContext
 from adapters.providers.inference import LEGACY_STATUS_CODES, InferenceProvider
-from bot.models import MediaKind
-from bot.ports import ProviderRequest, StagedReference, TaskState
-from bot.settings import load_settings
+from bot.ports import ProviderRequest, TaskState
 from tests.fakes.inference import CURRENT_CODES, LEGACY_CODES, FakeInference
-from tests.harness import Harness, running_bot
-from tests.media_factory import make_image, make_video, make_wav
+from tests.harness import (
+    NO_POLLING,
+    bot_with,
+    client_alone,
+    provider_request,
+    staged,
+    until,
+)
+from tests.media_factory import make_image, make_wav
 
 
 @pytest.fixture
-def result_mp4(tmp_path: Path) -> Path:
-    return make_video(tmp_path / "result.mp4", seconds=1.0)
+async def fake(result_mp4: bytes) -> AsyncIterator[FakeInference]:
+    async with FakeInference(result_mp4) as server:
+        yield server
 
 
-@asynccontextmanager
-async def bot(tmp_path: Path, fake: FakeInference, **settings: Any) -> AsyncIterator[Harness]:
-    async with running_bot(
-        tmp_path,
-        inference_api_key=fake.key,
-        inference_base_url=fake.url,
-        provider="inference",
-        **settings,
-    ) as harness:
-        yield harness
-
-
-@asynccontextmanager
-async def direct(
+def direct(
     tmp_path: Path, fake: FakeInference, *, key: str | None = None, **options: Any
-) -> AsyncIterator[InferenceProvider]:
+) -> AbstractAsyncContextManager[InferenceProvider]:
     """The client alone, for API edges a chat command cannot reach (every status number)."""
-    settings = load_settings(
-        _env_file=None,
-        data_dir=tmp_path / "direct",
+    return client_alone(
+        lambda context: InferenceProvider(context, **options),
+        tmp_path,
+        fake,
         inference_api_key=key or fake.key,
-        inference_base_url=fake.url,
         public_url="http://127.0.0.1:9",
     )
-    async with httpx.AsyncClient(timeout=5.0) as client:
-        context = ProviderContext(settings, client, MediaLinks(b"k" * 32, settings.public_url))
-        yield InferenceProvider(context, **options)
-
-
-async def first_task(fake: FakeInference) -> str:
-    for _ in range(500):
-        if fake.tasks:
-            return next(iter(fake.tasks))
-        await asyncio.sleep(0.01)
-    raise AssertionError("the bot never ran the app")
 
 
 async def test_a_webhook_wakes_the_job_which_delivers_the_video(
-    tmp_path: Path, result_mp4: Path
+    tmp_path: Path, fake: FakeInference, result_mp4: bytes
 ) -> None:
-    # Polls 30 s apart: only the webhook can finish this job within the few seconds waited.
-    async with (
-        FakeInference(result_mp4, complete_after_polls=None) as fake,
-        bot(tmp_path, fake, poll_initial_seconds=30, poll_max_seconds=60) as h,
-    ):
+    fake.complete_after_polls = None
+    async with bot_with(tmp_path, fake, **NO_POLLING) as h:
         await h.character("alice", voice=True)
         await h.character("bob", video=True)
         job_id = await h.generate("@alice greets @bob", resolution="1080p", seed=3)
-        await fake.finish(await first_task(fake))
+        await until(lambda: fake.tasks)
+        await fake.finish(next(iter(fake.tasks)))
         await h.delivered(job_id, within=10)
-        delivered = h.chat.videos(job_id)[0].path
-        assert delivered is not None
-        assert await asyncio.to_thread(_same_bytes, delivered, result_mp4)
+        assert h.delivered_bytes(job_id) == result_mp4
         public_url = h.public_url
 
     [run] = fake.runs
@@ -107,18 +80,14 @@ async def test_a_webhook_wakes_the_job_which_delivers_the_video(
 
 
 async def test_polling_alone_delivers_the_video_from_bare_answers(
-    tmp_path: Path, result_mp4: Path
+    tmp_path: Path, fake: FakeInference, result_mp4: bytes
 ) -> None:
-    async with (
-        FakeInference(result_mp4, wrap=False, send_webhooks=False) as fake,
-        bot(tmp_path, fake, public=False) as h,
-    ):
+    fake.wrap, fake.send_webhooks = False, False
+    async with bot_with(tmp_path, fake, public=False) as h:
         await h.character("alice")
         job_id = await h.generate("@alice waves")
         await h.delivered(job_id)
-        delivered = h.chat.videos(job_id)[0].path
-        assert delivered is not None
-        assert await asyncio.to_thread(_same_bytes, delivered, result_mp4)
+        assert h.delivered_bytes(job_id) == result_mp4
     [run] = fake.runs
     assert "webhook" not in run
     assert fake.webhooks_sent == []
@@ -127,7 +96,7 @@ async def test_polling_alone_delivers_the_video_from_bare_answers(
 @pytest.mark.parametrize(("name", "number"), sorted(CURRENT_CODES.items()))
 @pytest.mark.parametrize("as_names", [False, True], ids=["numbers", "names"])
 async def test_every_status_maps_to_our_state(
-    tmp_path: Path, result_mp4: Path, name: str, number: int, as_names: bool
+    tmp_path: Path, fake: FakeInference, name: str, number: int, as_names: bool
 ) -> None:
     expected = {
         "received": TaskState.PENDING,
@@ -139,11 +108,9 @@ async def test_every_status_maps_to_our_state(
         "failed": TaskState.FAILED,
         "cancelled": TaskState.CANCELLED,
     }[name]
-    codes = None if as_names else CURRENT_CODES
-    async with (
-        FakeInference(result_mp4, codes=codes, complete_after_polls=None) as fake,
-        direct(tmp_path, fake) as provider,
-    ):
+    fake.codes = None if as_names else CURRENT_CODES
+    fake.complete_after_polls = None
+    async with direct(tmp_path, fake) as provider:
         task_id = fake.add_task(name, error="GPU fell over" if name == "failed" else None)
         if name == "completed":
             await fake.finish(task_id)
@@ -165,31 +132,29 @@ async def test_every_status_maps_to_our_state(
 )
 async def test_status_nine_means_what_the_status_table_says(
     tmp_path: Path,
-    result_mp4: Path,
+    fake: FakeInference,
     fake_codes: dict[str, int],
     table: dict[int, str] | None,
     expected: TaskState,
 ) -> None:
-    async with FakeInference(result_mp4, codes=fake_codes, complete_after_polls=None) as fake:
-        task_id = fake.add_task("uploading" if table is None else "received")
-        if table is not None:
-            await fake.finish(task_id)
-        assert fake.view(fake.tasks[task_id])["status"] == 9
-        options: dict[str, Any] = {} if table is None else {"status_codes": table}
-        async with direct(tmp_path, fake, **options) as provider:
-            status = await provider.status(task_id)
+    fake.codes, fake.complete_after_polls = fake_codes, None
+    task_id = fake.add_task("uploading" if table is None else "received")
+    if table is not None:
+        await fake.finish(task_id)
+    assert fake.view(fake.tasks[task_id])["status"] == 9
+    options: dict[str, Any] = {} if table is None else {"status_codes": table}
+    async with direct(tmp_path, fake, **options) as provider:
+        status = await provider.status(task_id)
     assert status.state is expected
     assert (status.result_url is not None) == (expected is TaskState.SUCCEEDED)
 
 
 @pytest.mark.parametrize("wrap", [True, False], ids=["wrapped", "bare"])
 async def test_wrapped_and_bare_answers_are_read_alike(
-    tmp_path: Path, result_mp4: Path, wrap: bool
+    tmp_path: Path, fake: FakeInference, wrap: bool
 ) -> None:
-    async with (
-        FakeInference(result_mp4, wrap=wrap, complete_after_polls=1) as fake,
-        direct(tmp_path, fake) as provider,
-    ):
+    fake.wrap, fake.complete_after_polls = wrap, 1
+    async with direct(tmp_path, fake) as provider:
         task_id = await provider.submit(_request(tmp_path))
         status = await provider.status(task_id)
     assert task_id in fake.tasks
@@ -198,12 +163,9 @@ async def test_wrapped_and_bare_answers_are_read_alike(
 
 
 async def test_only_the_first_voice_goes_out_because_the_app_takes_one(
-    tmp_path: Path, result_mp4: Path
+    tmp_path: Path, fake: FakeInference
 ) -> None:
-    async with (
-        FakeInference(result_mp4) as fake,
-        direct(tmp_path, fake) as provider,
-    ):
+    async with direct(tmp_path, fake) as provider:
         await provider.submit(_request(tmp_path, voices=2))
     voice_uploads = [u.file_id for u in fake.uploads.values() if u.content_type == "audio/wav"]
     assert len(voice_uploads) == 2
@@ -211,12 +173,10 @@ async def test_only_the_first_voice_goes_out_because_the_app_takes_one(
 
 
 async def test_a_moderation_failure_is_worded_as_a_content_refusal(
-    tmp_path: Path, result_mp4: Path
+    tmp_path: Path, fake: FakeInference
 ) -> None:
-    async with (
-        FakeInference(result_mp4, complete_after_polls=None) as fake,
-        direct(tmp_path, fake) as provider,
-    ):
+    fake.complete_after_polls = None
+    async with direct(tmp_path, fake) as provider:
         task_id = fake.add_task("failed", error="Output flagged as NSFW by the safety checker")
         status = await provider.status(task_id)
     assert status.state is TaskState.FAILED
@@ -225,12 +185,10 @@ async def test_a_moderation_failure_is_worded_as_a_content_refusal(
 
 
 async def test_cancel_stops_a_running_task_and_declines_a_finished_one(
-    tmp_path: Path, result_mp4: Path
+    tmp_path: Path, fake: FakeInference
 ) -> None:
-    async with (
-        FakeInference(result_mp4, complete_after_polls=None) as fake,
-        direct(tmp_path, fake) as provider,
-    ):
+    fake.complete_after_polls = None
+    async with direct(tmp_path, fake) as provider:
         running, done = fake.add_task("running"), fake.add_task("completed")
         assert await provider.cancel(running) is True
         assert await provider.cancel(done) is False
@@ -238,13 +196,12 @@ async def test_cancel_stops_a_running_task_and_declines_a_finished_one(
 
 
 async def test_check_key_says_webhooks_work_with_a_public_url(
-    tmp_path: Path, result_mp4: Path
+    tmp_path: Path, fake: FakeInference
 ) -> None:
-    async with FakeInference(result_mp4) as fake:
-        async with direct(tmp_path, fake) as provider:
-            good = await provider.check_key()
-        async with direct(tmp_path, fake, key="wrong") as provider:
-            bad = await provider.check_key()
+    async with direct(tmp_path, fake) as provider:
+        good = await provider.check_key()
+    async with direct(tmp_path, fake, key="wrong") as provider:
+        bad = await provider.check_key()
     assert good.ok and good.webhooks
     assert not bad.ok and "INFERENCE_API_KEY" in bad.detail
 
@@ -253,40 +210,11 @@ def _uri(fake: FakeInference, file_id: str) -> str:
     return f"{fake.url}/storage/{file_id}"
 
 
-def _same_bytes(a: Path, b: Path) -> bool:
-    return a.read_bytes() == b.read_bytes()
-
-
 def _request(tmp_path: Path, *, voices: int = 0) -> ProviderRequest:
     """A request of two images, the first ``voices`` of them with a voice clip."""
     references = []
     for index in range(2):
         image = make_image(tmp_path / f"ref{index}.png", color=(index * 90, 80, 40))
         voice = make_wav(tmp_path / f"voice{index}.wav", seconds=1.0) if index < voices else None
-        references.append(
-            StagedReference(
-                f"Image {index + 1}",
-                MediaKind.IMAGE,
-                image,
-                "image/png",
-                voice_path=voice,
-                voice_mime="audio/wav" if voice else None,
-                blob=_sha256(image),
-                voice_blob=_sha256(voice) if voice else None,
-            )
-        )
-    return ProviderRequest(
-        job_id="j1",
-        prompt="Image 1 and Image 2 wave",
-        references=tuple(references),
-        duration=5,
-        resolution="720p",
-        aspect_ratio="16:9",
-        seed=None,
-        negative_prompt="",
-        webhook_url=None,
-    )
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+        references.append(staged(image, f"Image {index + 1}", voice=voice))
+    return provider_request(*references, prompt="Image 1 and Image 2 wave")

@@ -3,7 +3,6 @@ Standard Webhooks), and the client on its own where the bot adds nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -14,19 +13,12 @@ import httpx
 import pytest
 
 from adapters import webhooks
-from adapters.http.media import MediaLinks
-from adapters.providers.base import ProviderContext
 from adapters.providers.replicate import ReplicateProvider
 from bot.errors import ProviderError, WebhookRejected
-from bot.models import JobState, MediaKind
-from bot.ports import ProviderRequest, StagedReference, TaskState
-from bot.settings import load_settings
-from tests.fakes.replicate import TOKEN, FakeReplicate
-from tests.harness import Harness, running_bot
-from tests.media_factory import make_image, make_video
-
-#: Polling so slow that only a webhook can finish a job within a test's patience.
-NO_POLLING = {"poll_initial_seconds": 30.0, "poll_max_seconds": 30.0}
+from bot.models import JobState
+from bot.ports import TaskState
+from tests.fakes.replicate import FakeReplicate
+from tests.harness import NO_POLLING, bot_with, image_request, post_hook, provider_context, until
 
 # The test vector of the Standard Webhooks specification (PROVIDERS.md).
 VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -36,39 +28,10 @@ VECTOR_BODY = b'{"test": 2432232314}'
 VECTOR_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 
-@pytest.fixture(scope="module")
-def result_mp4(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    path = make_video(tmp_path_factory.mktemp("replicate") / "result.mp4", seconds=1.0)
-    return path.read_bytes()
-
-
 @pytest.fixture
 async def replicate(result_mp4: bytes) -> AsyncIterator[FakeReplicate]:
     async with FakeReplicate(result_mp4) as fake:
         yield fake
-
-
-def replicate_settings(fake: FakeReplicate, **more: object) -> dict[str, object]:
-    return {"replicate_api_token": TOKEN, "replicate_base_url": fake.url, **more}
-
-
-async def until(check: Callable[[], object], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-async def post_hook(url: str, body: bytes, headers: dict[str, str]) -> int:
-    async with httpx.AsyncClient() as client:
-        return (await client.post(url, content=body, headers=headers)).status_code
-
-
-def delivered_bytes(h: Harness, job_id: str) -> bytes:
-    (post,) = h.chat.videos(job_id)
-    assert post.path is not None
-    return post.path.read_bytes()
 
 
 # End to end --------------------------------------------------------------------------------------
@@ -78,8 +41,7 @@ async def test_webhooks_finish_the_job_with_the_secret_fetched_at_start(
     tmp_path: Path, replicate: FakeReplicate
 ) -> None:
     replicate.complete_after_polls = None
-    settings = replicate_settings(replicate, **NO_POLLING)
-    async with running_bot(tmp_path, public=True, **settings) as h:
+    async with bot_with(tmp_path, replicate, public=True, **NO_POLLING) as h:
         assert replicate.secret_fetches == 1
         await h.character("alice")
         job_id = await h.generate("@alice waves at the camera")
@@ -90,7 +52,7 @@ async def test_webhooks_finish_the_job_with_the_secret_fetched_at_start(
         replicate.set_status(prediction.id, "succeeded")
         job = await h.delivered(job_id, within=10)
 
-        assert delivered_bytes(h, job_id) == replicate.result
+        assert h.delivered_bytes(job_id) == replicate.result
         assert replicate.webhook_answers == [("start", 202), ("completed", 202)]
         assert job.task_id == prediction.id
         assert prediction.polls == 2  # one look-up per webhook: polling alone would take 30 s
@@ -115,8 +77,7 @@ async def test_webhooks_finish_the_job_with_the_secret_fetched_at_start(
 async def test_polling_alone_delivers_with_every_option_and_another_label_style(
     tmp_path: Path, replicate: FakeReplicate
 ) -> None:
-    settings = replicate_settings(replicate, replicate_labels="character")
-    async with running_bot(tmp_path, public=False, **settings) as h:
+    async with bot_with(tmp_path, replicate, public=False, replicate_labels="character") as h:
         await h.character("alice", voice=True)
         await h.character("bob", video=True)
         reply = await h.run(
@@ -131,7 +92,7 @@ async def test_polling_alone_delivers_with_every_option_and_another_label_style(
         assert reply.job_id is not None, reply.text
         await h.delivered(reply.job_id, within=15)
 
-        assert delivered_bytes(h, reply.job_id) == replicate.result
+        assert h.delivered_bytes(reply.job_id) == replicate.result
     assert replicate.secret_fetches == 0  # no public address: webhooks are not asked for
     assert "voices dropped" in reply.text
     (submit,) = replicate.submits()
@@ -156,7 +117,7 @@ async def test_an_nsfw_failure_is_worded_as_a_content_refusal(
     tmp_path: Path, replicate: FakeReplicate
 ) -> None:
     replicate.complete_after_polls = None
-    async with running_bot(tmp_path, public=False, **replicate_settings(replicate)) as h:
+    async with bot_with(tmp_path, replicate, public=False) as h:
         await h.character("alice")
         job_id = await h.generate("@alice jumps")
         await until(lambda: replicate.predictions)
@@ -176,8 +137,8 @@ async def test_an_nsfw_failure_is_worded_as_a_content_refusal(
 async def test_server_errors_on_every_try_fail_the_job_after_three_submits(
     tmp_path: Path, replicate: FakeReplicate
 ) -> None:
-    replicate.faults = [500, 500, 500]
-    async with running_bot(tmp_path, public=False, **replicate_settings(replicate)) as h:
+    replicate.fail_next(500, 3)
+    async with bot_with(tmp_path, replicate, public=False) as h:
         await h.character("alice")
         job_id = await h.generate("@alice jumps")
         job = await h.finished(job_id, within=15)
@@ -192,7 +153,7 @@ async def test_a_result_link_answering_404_fails_the_job_saying_the_video_is_gon
     tmp_path: Path, replicate: FakeReplicate
 ) -> None:
     replicate.result_status = 404  # Replicate deletes outputs after an hour
-    async with running_bot(tmp_path, public=False, **replicate_settings(replicate)) as h:
+    async with bot_with(tmp_path, replicate, public=False) as h:
         await h.character("alice")
         job_id = await h.generate("@alice jumps")
         job = await h.finished(job_id, within=10)
@@ -207,8 +168,7 @@ async def test_a_result_over_the_limit_is_refused_without_reading_it_whole(
     replicate.result = os.urandom(1_000_000)
     replicate.declare_length = False  # no Content-Length: the bytes are counted as they come
     replicate.stall_after = 256 * 1024  # and the rest never comes: reading on would hang
-    settings = replicate_settings(replicate, max_result_bytes=200_000)
-    async with running_bot(tmp_path, public=False, **settings) as h:
+    async with bot_with(tmp_path, replicate, public=False, max_result_bytes=200_000) as h:
         await h.character("alice")
         job_id = await h.generate("@alice jumps")
         job = await h.finished(job_id, within=10)
@@ -220,7 +180,7 @@ async def test_a_result_over_the_limit_is_refused_without_reading_it_whole(
 
 async def test_cancel_stops_the_prediction(tmp_path: Path, replicate: FakeReplicate) -> None:
     replicate.complete_after_polls = None
-    async with running_bot(tmp_path, public=False, **replicate_settings(replicate)) as h:
+    async with bot_with(tmp_path, replicate, public=False) as h:
         await h.character("alice")
         job_id = await h.generate("@alice jumps")
         await until(lambda: h.chat.states(job_id)[-1:] == [JobState.SUBMITTED])
@@ -240,8 +200,7 @@ async def test_forged_replayed_and_altered_webhooks_get_401_and_change_nothing(
 ) -> None:
     replicate.complete_after_polls = None
     replicate.send_webhooks = False
-    settings = replicate_settings(replicate, **NO_POLLING)
-    async with running_bot(tmp_path, public=True, **settings) as h:
+    async with bot_with(tmp_path, replicate, public=True, **NO_POLLING) as h:
         await h.character("alice")
         job_id = await h.generate("@alice waves")
         await until(lambda: replicate.predictions)
@@ -288,30 +247,7 @@ def provider(
     clock: Callable[[], float] = time.time,
     **settings: object,
 ) -> ReplicateProvider:
-    values: dict[str, object] = {
-        "data_dir": tmp_path / "data",
-        "_env_file": None,
-        **replicate_settings(fake),
-        **settings,
-    }
-    context = ProviderContext(load_settings(**values), client, MediaLinks(b"k" * 32, None))
-    return ReplicateProvider(context, clock=clock)
-
-
-def image_request(tmp_path: Path) -> ProviderRequest:
-    image = make_image(tmp_path / "alice.png")
-    reference = StagedReference("Image 1", MediaKind.IMAGE, image, "image/png", blob="cd" * 32)
-    return ProviderRequest(
-        job_id="j1",
-        prompt="Image 1 waves",
-        references=(reference,),
-        duration=5,
-        resolution="1080p",
-        aspect_ratio="16:9",
-        seed=None,
-        negative_prompt="",
-        webhook_url=None,
-    )
+    return ReplicateProvider(provider_context(tmp_path, fake, client, **settings), clock=clock)
 
 
 async def test_the_standard_webhooks_test_vector_passes_replicates_check(
@@ -351,7 +287,7 @@ async def test_every_documented_state_is_mapped(
 ) -> None:
     replicate.complete_after_polls = None
     replicate_client = provider(tmp_path, replicate, client)
-    prediction_id = await replicate_client.submit(image_request(tmp_path))
+    prediction_id = await replicate_client.submit(image_request(tmp_path, resolution="1080p"))
     body = replicate.submits()[0].json()
     assert set(body) == {"input"}  # no webhook asked for when the request has no URL
     assert "seed" not in body["input"] and "negative_prompt" not in body["input"]
@@ -381,7 +317,9 @@ async def test_a_submit_that_times_out_is_not_sent_again(
     replicate.hang_submit = True
 
     with pytest.raises(ProviderError) as caught:
-        await provider(tmp_path, replicate, client).submit(image_request(tmp_path))
+        await provider(tmp_path, replicate, client).submit(
+            image_request(tmp_path, resolution="1080p")
+        )
 
     assert caught.value.code == "submit_unknown"
     assert len(replicate.submits()) == 1

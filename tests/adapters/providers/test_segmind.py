@@ -6,79 +6,46 @@ a public URL because Segmind fetches every reference from our signed ``/media`` 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from adapters.http.media import MediaLinks
-from adapters.providers.base import ProviderContext
 from adapters.providers.segmind import SegmindProvider
 from bot.ports import TaskState
-from bot.settings import load_settings
 from tests.fakes.segmind import FakeSegmind
-from tests.harness import Harness, running_bot
-from tests.media_factory import make_video
+from tests.harness import bot_with, client_alone
 
 
 @pytest.fixture
-def result_mp4(tmp_path: Path) -> Path:
-    return make_video(tmp_path / "result.mp4", seconds=1.0)
-
-
-@pytest.fixture
-async def fake(result_mp4: Path) -> AsyncIterator[FakeSegmind]:
+async def fake(result_mp4: bytes) -> AsyncIterator[FakeSegmind]:
     async with FakeSegmind(result_mp4) as server:
         yield server
 
 
-@asynccontextmanager
-async def bot(tmp_path: Path, fake: FakeSegmind, **settings: Any) -> AsyncIterator[Harness]:
-    async with running_bot(
-        tmp_path,
-        segmind_api_key=fake.key,
-        segmind_base_url=fake.url,
-        provider="segmind",
-        **settings,
-    ) as harness:
-        yield harness
-
-
-@asynccontextmanager
-async def direct(
-    tmp_path: Path, fake: FakeSegmind, *, key: str | None = None
-) -> AsyncIterator[SegmindProvider]:
+def direct(
+    tmp_path: Path, fake: FakeSegmind, **settings: Any
+) -> AbstractAsyncContextManager[SegmindProvider]:
     """The client alone, for API edges a chat command cannot reach (every status word)."""
-    settings = load_settings(
-        _env_file=None,
-        data_dir=tmp_path / "direct",
-        segmind_api_key=key or fake.key,
-        segmind_base_url=fake.url,
-        public_url="http://127.0.0.1:9",
+    return client_alone(
+        SegmindProvider, tmp_path, fake, public_url="http://127.0.0.1:9", **settings
     )
-    async with httpx.AsyncClient(timeout=5.0) as client:
-        links = MediaLinks(b"k" * 32, settings.public_url)
-        yield SegmindProvider(ProviderContext(settings, client, links))
 
 
 async def test_a_polled_job_delivers_the_video_and_names_references_compactly(
-    tmp_path: Path, fake: FakeSegmind, result_mp4: Path
+    tmp_path: Path, fake: FakeSegmind, result_mp4: bytes
 ) -> None:
-    async with bot(tmp_path, fake) as h:
+    async with bot_with(tmp_path, fake) as h:
         await h.character("alice", voice=True)
         await h.character("bob", video=True)
         job_id = await h.generate(
             "@alice meets @bob", duration=4, resolution="1080p", seed=11, negative="fog"
         )
         await h.delivered(job_id)
-        delivered = h.chat.videos(job_id)[0].path
-        assert delivered is not None
-        assert await asyncio.to_thread(_same_bytes, delivered, result_mp4)
+        assert h.delivered_bytes(job_id) == result_mp4
 
     [body] = fake.submits
     assert body["prompt"] == "Image1 meets Video1"
@@ -100,7 +67,7 @@ async def test_a_public_url_brings_no_webhook_because_segmind_has_none(
 ) -> None:
     """The "with webhooks" run: Segmind documents no callback, so even with a public URL the
     request names none and the job finishes by polling alone."""
-    async with bot(tmp_path, fake) as h:
+    async with bot_with(tmp_path, fake) as h:
         assert h.public_url is not None
         assert h.app.providers["segmind"].capabilities.webhooks is False
         await h.character("alice")
@@ -112,7 +79,7 @@ async def test_a_public_url_brings_no_webhook_because_segmind_has_none(
 async def test_without_a_public_url_the_job_is_refused_naming_the_setting(
     tmp_path: Path, fake: FakeSegmind
 ) -> None:
-    async with bot(tmp_path, fake, public=False) as h:
+    async with bot_with(tmp_path, fake, public=False) as h:
         await h.character("alice")
         reply = await h.run("generate", prompt="@alice waves")
     assert reply.code == "configuration_error"
@@ -123,7 +90,7 @@ async def test_without_a_public_url_the_job_is_refused_naming_the_setting(
 async def test_two_images_are_refused_because_segmind_takes_one_of_each(
     tmp_path: Path, fake: FakeSegmind
 ) -> None:
-    async with bot(tmp_path, fake) as h:
+    async with bot_with(tmp_path, fake) as h:
         await h.character("alice")
         await h.character("carol")
         await h.character("bob", video=True)
@@ -140,7 +107,7 @@ async def test_two_images_are_refused_because_segmind_takes_one_of_each(
 async def test_an_aspect_ratio_segmind_cannot_make_is_refused(
     tmp_path: Path, fake: FakeSegmind
 ) -> None:
-    async with bot(tmp_path, fake) as h:
+    async with bot_with(tmp_path, fake) as h:
         await h.character("alice")
         reply = await h.run("generate", prompt="@alice waves", aspect="9:16")
     assert reply.is_error and "16:9" in reply.text
@@ -158,12 +125,10 @@ async def test_an_aspect_ratio_segmind_cannot_make_is_refused(
     ],
 )
 async def test_every_status_maps_to_our_state(
-    tmp_path: Path, result_mp4: Path, raw: str, expected: TaskState
+    tmp_path: Path, fake: FakeSegmind, raw: str, expected: TaskState
 ) -> None:
-    async with (
-        FakeSegmind(result_mp4, complete_after_polls=None) as fake,
-        direct(tmp_path, fake) as provider,
-    ):
+    fake.complete_after_polls = None
+    async with direct(tmp_path, fake) as provider:
         request_id = fake.add_request(raw, error="out of GPUs")
         status = await provider.status(request_id)
     assert status.state is expected
@@ -174,12 +139,10 @@ async def test_every_status_maps_to_our_state(
 
 
 async def test_a_moderation_failure_is_worded_as_a_content_refusal(
-    tmp_path: Path, result_mp4: Path
+    tmp_path: Path, fake: FakeSegmind
 ) -> None:
-    async with (
-        FakeSegmind(result_mp4, complete_after_polls=None) as fake,
-        direct(tmp_path, fake) as provider,
-    ):
+    fake.complete_after_polls = None
+    async with direct(tmp_path, fake) as provider:
         request_id = fake.add_request("FAILED", error="Input flagged by content moderation")
         status = await provider.status(request_id)
     assert status.error is not None
@@ -191,12 +154,8 @@ async def test_check_key_accepts_the_key_and_says_jobs_are_polled(
 ) -> None:
     async with direct(tmp_path, fake) as provider:
         good = await provider.check_key()
-    async with direct(tmp_path, fake, key="wrong") as provider:
+    async with direct(tmp_path, fake, segmind_api_key="wrong") as provider:
         bad = await provider.check_key()
     assert good.ok and not good.webhooks and "polled" in good.detail
     assert not bad.ok and "SEGMIND_API_KEY" in bad.detail
     assert all(r.headers.get("x-api-key") for r in fake.requests)
-
-
-def _same_bytes(a: Path, b: Path) -> bool:
-    return a.read_bytes() == b.read_bytes()

@@ -7,32 +7,19 @@ the client itself where the bot adds nothing (every status word, the key check, 
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from adapters.http.media import MediaLinks
-from adapters.providers.base import ProviderContext
 from adapters.providers.together import TogetherProvider
 from bot.errors import ProviderError
-from bot.models import JobState, MediaKind
-from bot.ports import LabelStyle, ProviderRequest, StagedReference, TaskState
-from bot.settings import load_settings
+from bot.models import JobState
+from bot.ports import LabelStyle, TaskState
 from tests.fakes.together import KEY, MODEL, FakeTogether
-from tests.harness import Harness, running_bot
-from tests.media_factory import make_image, make_video
-
-
-@pytest.fixture(scope="module")
-def result_mp4(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    path = make_video(tmp_path_factory.mktemp("together") / "result.mp4", seconds=1.0)
-    return path.read_bytes()
+from tests.harness import bot_with, client_alone, image_request, until
 
 
 @pytest.fixture
@@ -41,39 +28,13 @@ async def together(result_mp4: bytes) -> AsyncIterator[FakeTogether]:
         yield fake
 
 
-@asynccontextmanager
-async def bot(tmp_path: Path, fake: FakeTogether, **settings: Any) -> AsyncIterator[Harness]:
-    async with running_bot(
-        tmp_path,
-        together_api_key=fake.key,
-        together_base_url=fake.url,
-        provider="together",
-        **settings,
-    ) as harness:
-        yield harness
-
-
-async def until(check: Callable[[], object], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-def delivered_bytes(h: Harness, job_id: str) -> bytes:
-    (post,) = h.chat.videos(job_id)
-    assert post.path is not None
-    return post.path.read_bytes()
-
-
 # End to end --------------------------------------------------------------------------------------
 
 
 async def test_a_polled_job_follows_the_redirecting_result_link_and_delivers_the_video(
     tmp_path: Path, together: FakeTogether
 ) -> None:
-    async with bot(tmp_path, together) as h:
+    async with bot_with(tmp_path, together) as h:
         await h.character("alice", voice=True)
         await h.character("bob", video=True)
         reply = await h.run(
@@ -88,7 +49,7 @@ async def test_a_polled_job_follows_the_redirecting_result_link_and_delivers_the
         assert reply.job_id is not None, reply.text
         job = await h.delivered(reply.job_id, within=15)
 
-        assert delivered_bytes(h, reply.job_id) == together.result
+        assert h.delivered_bytes(reply.job_id) == together.result
         provider = h.app.providers["together"]
         assert isinstance(provider, TogetherProvider)
         assert job.task_id is not None and provider.charge(job.task_id) == 0.42
@@ -123,13 +84,13 @@ async def test_a_public_url_brings_no_webhook_and_the_label_style_is_a_setting(
 ) -> None:
     """The "with webhooks" run: Together documents no callback, so even with a public URL the
     request names none and the job finishes by polling alone."""
-    async with bot(tmp_path, together, together_labels="character") as h:
+    async with bot_with(tmp_path, together, together_labels="character") as h:
         assert h.public_url is not None
         assert h.app.providers["together"].capabilities.webhooks is False
         await h.character("alice")
         job_id = await h.generate("@alice waves")
         await h.delivered(job_id)
-        assert delivered_bytes(h, job_id) == together.result
+        assert h.delivered_bytes(job_id) == together.result
     (submit,) = together.submits()
     assert submit.json()["prompt"] == "character1 waves"
     assert "/hooks/" not in submit.body.decode()
@@ -139,7 +100,7 @@ async def test_a_public_url_brings_no_webhook_and_the_label_style_is_a_setting(
 async def test_without_a_public_url_the_job_is_refused_naming_the_setting(
     tmp_path: Path, together: FakeTogether
 ) -> None:
-    async with bot(tmp_path, together, public=False) as h:
+    async with bot_with(tmp_path, together, public=False) as h:
         await h.character("alice")
         reply = await h.run("generate", prompt="@alice waves")
     assert reply.code == "configuration_error"
@@ -152,7 +113,7 @@ async def test_a_content_policy_failure_ends_the_job_with_a_moderation_message(
 ) -> None:
     async with (
         FakeTogether(result_mp4, complete_after_polls=None) as together,
-        bot(tmp_path, together) as h,
+        bot_with(tmp_path, together) as h,
     ):
         await h.character("alice")
         job_id = await h.generate("@alice waves")
@@ -174,7 +135,7 @@ async def test_a_result_link_answering_404_fails_the_job_saying_the_video_is_gon
     tmp_path: Path, together: FakeTogether
 ) -> None:
     together.result_status = 404
-    async with bot(tmp_path, together) as h:
+    async with bot_with(tmp_path, together) as h:
         await h.character("alice")
         job = await h.finished(await h.generate("@alice waves"))
     assert job.state is JobState.FAILED
@@ -185,45 +146,17 @@ async def test_a_result_link_answering_404_fails_the_job_saying_the_video_is_gon
 # The client on its own ---------------------------------------------------------------------------
 
 
-async def _no_sleep(seconds: float) -> None:
-    return None
-
-
-@asynccontextmanager
-async def direct(
-    tmp_path: Path, fake: FakeTogether, *, client_timeout: float = 5.0, **settings: Any
-) -> AsyncIterator[TogetherProvider]:
+def direct(
+    tmp_path: Path,
+    fake: FakeTogether,
+    *,
+    public_url: str | None = "http://127.0.0.1:9",
+    **settings: Any,
+) -> AbstractAsyncContextManager[TogetherProvider]:
     """The client alone; retries do not wait. Its references are links nobody serves, so the
     fake is told not to fetch them."""
     fake.fetch_references = False
-    values: dict[str, Any] = {
-        "_env_file": None,
-        "data_dir": tmp_path / "direct",
-        "together_api_key": fake.key,
-        "together_base_url": fake.url,
-        "public_url": "http://127.0.0.1:9",
-        **settings,
-    }
-    loaded = load_settings(**values)
-    async with httpx.AsyncClient(timeout=client_timeout) as client:
-        links = MediaLinks(b"k" * 32, loaded.public_url)
-        yield TogetherProvider(ProviderContext(loaded, client, links, sleep=_no_sleep))
-
-
-def image_request(tmp_path: Path) -> ProviderRequest:
-    image = make_image(tmp_path / "alice.png")
-    reference = StagedReference("Image 1", MediaKind.IMAGE, image, "image/png", blob="ab" * 32)
-    return ProviderRequest(
-        job_id="j1",
-        prompt="Image 1 waves",
-        references=(reference,),
-        duration=5,
-        resolution="720p",
-        aspect_ratio="16:9",
-        seed=None,
-        negative_prompt="",
-        webhook_url=None,
-    )
+    return client_alone(TogetherProvider, tmp_path, fake, public_url=public_url, **settings)
 
 
 async def test_every_documented_status_is_mapped(tmp_path: Path, result_mp4: bytes) -> None:

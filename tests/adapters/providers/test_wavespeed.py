@@ -13,7 +13,7 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -21,74 +21,27 @@ from typing import Any, Literal, cast
 import httpx
 import pytest
 
-from adapters.http.media import MediaLinks
-from adapters.providers.base import ProviderContext
 from adapters.providers.wavespeed import WaveSpeedProvider
 from bot.errors import ProviderError, WebhookRejected
 from bot.models import JobState, MediaKind
-from bot.ports import Provider, ProviderRequest, StagedReference, TaskState
-from bot.settings import load_settings
+from bot.ports import Provider, TaskState
 from tests.fakes.freepik import FakeFreepik
 from tests.fakes.wavespeed import FakeWaveSpeed, Task, signed_headers
-from tests.harness import Harness, running_bot
+from tests.harness import NO_POLLING, bot_with, client_alone, provider_request, staged
 from tests.media_factory import make_image, make_video
 
-#: Polling pushed out of the way: in these tests only a webhook can wake a job in time.
-NO_POLLING: dict[str, Any] = {"poll_initial_seconds": 30.0, "poll_max_seconds": 60.0}
-
 
 @pytest.fixture
-def result_mp4(tmp_path: Path) -> Path:
-    return make_video(tmp_path / "result.mp4", seconds=1.0)
-
-
-@pytest.fixture
-async def fake(result_mp4: Path) -> AsyncIterator[FakeWaveSpeed]:
+async def fake(result_mp4: bytes) -> AsyncIterator[FakeWaveSpeed]:
     async with FakeWaveSpeed(result_mp4) as server:
         yield server
 
 
-@asynccontextmanager
-async def bot(
-    tmp_path: Path, fake: FakeWaveSpeed, *, public: bool = True, **settings: Any
-) -> AsyncIterator[Harness]:
-    async with running_bot(
-        tmp_path,
-        public=public,
-        wavespeed_api_key=fake.key,
-        wavespeed_base_url=fake.url,
-        provider="wavespeed",
-        **settings,
-    ) as harness:
-        yield harness
-
-
-@asynccontextmanager
-async def direct(
-    tmp_path: Path, fake: FakeWaveSpeed, *, key: str | None = None, **settings: Any
-) -> AsyncIterator[WaveSpeedProvider]:
+def direct(
+    tmp_path: Path, fake: FakeWaveSpeed, **settings: Any
+) -> AbstractAsyncContextManager[WaveSpeedProvider]:
     """The client alone, for API edges a chat command cannot reach (every status word)."""
-    values: dict[str, Any] = {
-        "_env_file": None,
-        "data_dir": tmp_path / "direct",
-        "wavespeed_api_key": key or fake.key,
-        "wavespeed_base_url": fake.url,
-    }
-    values.update(settings)
-    loaded = load_settings(**values)
-    async with httpx.AsyncClient(timeout=5.0) as client:
-        links = MediaLinks(b"k" * 32, loaded.public_url)
-        yield WaveSpeedProvider(ProviderContext(loaded, client, links, sleep=_no_sleep))
-
-
-async def _no_sleep(seconds: float) -> None:
-    return None
-
-
-def delivered_bytes(h: Harness, job_id: str) -> bytes:
-    path = h.chat.videos(job_id)[0].path
-    assert path is not None
-    return path.read_bytes()
+    return client_alone(WaveSpeedProvider, tmp_path, fake, **settings)
 
 
 # Whole jobs ------------------------------------------------------------------------------------
@@ -97,8 +50,8 @@ def delivered_bytes(h: Harness, job_id: str) -> bytes:
 async def test_a_signed_webhook_finishes_the_job_with_the_documented_request(
     tmp_path: Path, fake: FakeWaveSpeed
 ) -> None:
-    fake.polls_to_complete = None
-    async with bot(tmp_path, fake, **NO_POLLING) as h:
+    fake.complete_after_polls = None
+    async with bot_with(tmp_path, fake, **NO_POLLING) as h:
         await h.character("alice", video=True)
         await h.character("bob", voice=True)
         job_id = await h.generate("@bob hands @alice a cup", resolution="1080p", seed=11)
@@ -106,10 +59,10 @@ async def test_a_signed_webhook_finishes_the_job_with_the_documented_request(
 
         assert await fake.finish(task.id) == 202
         job = await h.delivered(job_id, within=10.0)
-        assert delivered_bytes(h, job_id) == fake.result
+        assert h.delivered_bytes(job_id) == fake.result
 
     # The signing secret came from WaveSpeed itself: none was set.
-    assert ("GET", "/api/v3/webhook/secret") in fake.requests
+    assert fake.requested("GET", "/api/v3/webhook/secret")
     [submit] = fake.submits
     assert submit.query["webhook"].startswith(f"{h.public_url}/hooks/wavespeed/{job_id}?t=")
     body = submit.body
@@ -138,11 +91,11 @@ async def test_polling_alone_finishes_the_job_without_a_public_address(
     tmp_path: Path, fake: FakeWaveSpeed
 ) -> None:
     fake.send_webhooks = False
-    async with bot(tmp_path, fake, public=False) as h:
+    async with bot_with(tmp_path, fake, public=False) as h:
         await h.character("carol")
         job_id = await h.generate("@carol waves", negative="blurry", aspect="9:16")
         await h.delivered(job_id, within=10.0)
-        assert delivered_bytes(h, job_id) == fake.result
+        assert h.delivered_bytes(job_id) == fake.result
 
     [submit] = fake.submits
     assert "webhook" not in submit.query and "webhook_url" not in submit.body
@@ -160,9 +113,9 @@ async def test_polling_alone_finishes_the_job_without_a_public_address(
 async def test_forged_replayed_and_altered_webhooks_are_refused_and_change_nothing(
     tmp_path: Path, fake: FakeWaveSpeed
 ) -> None:
-    fake.polls_to_complete = None
+    fake.complete_after_polls = None
     fake.send_webhooks = False
-    async with bot(tmp_path, fake, **NO_POLLING) as h:
+    async with bot_with(tmp_path, fake, **NO_POLLING) as h:
         await h.character("dave")
         job_id = await h.generate("@dave jumps")
         task = await fake.task()
@@ -199,8 +152,8 @@ async def test_forged_replayed_and_altered_webhooks_are_refused_and_change_nothi
 async def test_a_rate_limited_submit_is_retried_and_the_retry_counted(
     tmp_path: Path, fake: FakeWaveSpeed
 ) -> None:
-    fake.fail("submit", 429)
-    async with bot(tmp_path, fake, public=False) as h:
+    fake.fail_next(429, route="submit")
+    async with bot_with(tmp_path, fake, public=False) as h:
         await h.character("erin")
         job_id = await h.generate("@erin smiles")
         await h.delivered(job_id, within=10.0)
@@ -213,7 +166,7 @@ async def test_a_submit_that_times_out_is_not_sent_again_and_the_job_says_why(
     tmp_path: Path, fake: FakeWaveSpeed
 ) -> None:
     fake.hang_submit = True
-    async with bot(tmp_path, fake, public=False) as h:
+    async with bot_with(tmp_path, fake, public=False) as h:
         # The same client the bot built, with a short timeout for the submit alone.
         providers = cast(dict[str, Provider], h.app.providers)
         built = providers["wavespeed"]
@@ -231,24 +184,17 @@ async def test_a_submit_that_times_out_is_not_sent_again_and_the_job_says_why(
 
 
 async def test_server_errors_move_the_job_to_the_next_provider(
-    tmp_path: Path, fake: FakeWaveSpeed, result_mp4: Path
+    tmp_path: Path, fake: FakeWaveSpeed, result_mp4: bytes
 ) -> None:
-    fake.fail("submit", 500, 500, 500)
+    fake.fail_next(500, 3, route="submit")
     async with (
-        FakeFreepik(result_mp4, polls_to_complete=1, send_webhooks=False) as freepik,
-        running_bot(
-            tmp_path,
-            provider="wavespeed,freepik",
-            wavespeed_api_key=fake.key,
-            wavespeed_base_url=fake.url,
-            freepik_api_key=freepik.key,
-            freepik_base_url=freepik.url,
-        ) as h,
+        FakeFreepik(result_mp4, complete_after_polls=1, send_webhooks=False) as freepik,
+        bot_with(tmp_path, fake, freepik) as h,
     ):
         await h.character("gina")
         job_id = await h.generate("@gina sings")
         job = await h.delivered(job_id, within=15.0)
-        assert delivered_bytes(h, job_id) == freepik.result
+        assert h.delivered_bytes(job_id) == freepik.result
     assert job.provider == "freepik"
     assert len(fake.submits) == 3
     [submit] = freepik.submits
@@ -257,19 +203,12 @@ async def test_server_errors_move_the_job_to_the_next_provider(
 
 
 async def test_a_refused_key_fails_the_job_naming_the_variable_without_failover(
-    tmp_path: Path, fake: FakeWaveSpeed, result_mp4: Path
+    tmp_path: Path, fake: FakeWaveSpeed, result_mp4: bytes
 ) -> None:
-    fake.fail("submit", 401)
+    fake.fail_next(401, route="submit")
     async with (
         FakeFreepik(result_mp4) as freepik,
-        running_bot(
-            tmp_path,
-            provider="wavespeed,freepik",
-            wavespeed_api_key=fake.key,
-            wavespeed_base_url=fake.url,
-            freepik_api_key=freepik.key,
-            freepik_base_url=freepik.url,
-        ) as h,
+        bot_with(tmp_path, fake, freepik) as h,
     ):
         await h.character("hank")
         job = await h.finished(await h.generate("@hank sleeps"), within=10.0)
@@ -283,8 +222,8 @@ async def test_a_refused_key_fails_the_job_naming_the_variable_without_failover(
 async def test_a_lost_result_fails_the_job_with_a_reason(
     tmp_path: Path, fake: FakeWaveSpeed
 ) -> None:
-    fake.result_missing = True
-    async with bot(tmp_path, fake, public=False) as h:
+    fake.result_status = 404
+    async with bot_with(tmp_path, fake, public=False) as h:
         await h.character("ivy")
         job = await h.finished(await h.generate("@ivy dances"), within=10.0)
     assert job.state is JobState.FAILED
@@ -308,7 +247,7 @@ async def test_a_lost_result_fails_the_job_with_a_reason(
 async def test_every_status_word_maps_to_a_task_state(
     tmp_path: Path, fake: FakeWaveSpeed, raw: str, state: TaskState
 ) -> None:
-    fake.polls_to_complete = None
+    fake.complete_after_polls = None
     fake.tasks["t1"] = Task("t1", {}, None, status=raw)
     async with direct(tmp_path, fake) as provider:
         status = await provider.status("t1")
@@ -324,7 +263,7 @@ async def test_every_status_word_maps_to_a_task_state(
 async def test_a_moderation_failure_is_worded_as_a_content_refusal(
     tmp_path: Path, fake: FakeWaveSpeed
 ) -> None:
-    fake.polls_to_complete = None
+    fake.complete_after_polls = None
     fake.tasks["t1"] = Task("t1", {}, None, status="failed", error="Content flagged as NSFW")
     fake.tasks["t2"] = Task("t2", {}, None, status="failed", error="GPU out of memory")
     async with direct(tmp_path, fake) as provider:
@@ -359,13 +298,13 @@ async def test_a_set_secret_is_used_as_given_and_not_fetched(
         await provider.start()
         # The key is the text after whsec_ as raw bytes: never base64-decoded.
         await provider.check_webhook(signed_headers(secret, body), body)
-    assert ("GET", "/api/v3/webhook/secret") not in fake.requests
+    assert not fake.requested("GET", "/api/v3/webhook/secret")
 
 
 async def test_without_a_secret_jobs_are_polled_and_webhooks_refused(
     tmp_path: Path, fake: FakeWaveSpeed
 ) -> None:
-    fake.fail("secret", 404, 404, 404)
+    fake.fail_next(404, 3, route="secret")
     async with direct(tmp_path, fake) as provider:
         await provider.start()
         assert provider.capabilities.webhooks is False
@@ -380,7 +319,7 @@ async def test_check_key_says_whether_webhooks_can_be_used(
         public = await provider.check_key()
     async with direct(tmp_path, fake) as provider:
         private = await provider.check_key()
-    async with direct(tmp_path, fake, key="wrong") as provider:
+    async with direct(tmp_path, fake, wavespeed_api_key="wrong") as provider:
         refused = await provider.check_key()
     assert public.ok and public.webhooks
     assert private.ok and not private.webhooks and "R2V_PUBLIC_URL" in private.detail
@@ -391,21 +330,8 @@ async def test_requests_it_cannot_express_are_refused_before_anything_is_sent(
     tmp_path: Path, fake: FakeWaveSpeed
 ) -> None:
     pictures = [make_image(tmp_path / f"p{n}.png") for n in (1, 2)]
-    references = tuple(
-        StagedReference(f"Image {n}", MediaKind.IMAGE, path, "image/png", blob=f"{n:064x}")
-        for n, path in enumerate(pictures, start=1)
-    )
-    request = ProviderRequest(
-        job_id="j1",
-        prompt="Image 1 and Image 2",
-        references=references,
-        duration=5,
-        resolution="720p",
-        aspect_ratio="16:9",
-        seed=None,
-        negative_prompt="",
-        webhook_url=None,
-    )
+    references = tuple(staged(path, f"Image {n}") for n, path in enumerate(pictures, start=1))
+    request = provider_request(*references, prompt="Image 1 and Image 2")
     async with direct(tmp_path, fake) as provider:
         with pytest.raises(ProviderError) as two_images:
             await provider.submit(request)
@@ -422,15 +348,11 @@ async def test_the_webhook_can_go_in_the_body_and_video_only_requests_omit_the_i
     tmp_path: Path, fake: FakeWaveSpeed
 ) -> None:
     clip = make_video(tmp_path / "clip.mp4", seconds=1.0)
-    request = ProviderRequest(
-        job_id="j1",
+    request = provider_request(
+        staged(clip, "Video 1"),
         prompt="Video 1 spins",
-        references=(StagedReference("Video 1", MediaKind.VIDEO, clip, "video/mp4", blob="a" * 64),),
         duration=10,
-        resolution="720p",
-        aspect_ratio="16:9",
         seed=3,
-        negative_prompt="",
         webhook_url="http://127.0.0.1:9/hooks/wavespeed/j1?t=x",
     )
     async with direct(tmp_path, fake) as provider:
