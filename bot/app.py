@@ -231,7 +231,6 @@ def chat_adapters(settings: Settings) -> dict[str, ChatAdapter]:
     if "discord" in settings.chat_platforms:
         from adapters.chat.discord import DiscordAdapter
 
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         links = media_links(settings, CHAT_LINK_SECONDS)
         adapters["discord"] = DiscordAdapter(settings, link_for=links.url_for)
     if "slack" in settings.chat_platforms:

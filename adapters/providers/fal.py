@@ -166,7 +166,6 @@ class FalProvider(HostedProvider):
             webhooks=True,
             needs_public_media=False,
             prices=context.prices(self.name, DEFAULT_PRICES),
-            max_reference_seconds=settings.max_reference_seconds,
         )
         api = Api(
             self.name, context, self.queue_url, {"Authorization": f"Key {context.key(self.name)}"}

@@ -77,7 +77,6 @@ class FreepikProvider(HostedProvider):
             max_image_side=8000,
             max_image_bytes=20 * 1024 * 1024,
             max_video_bytes=100 * 1024 * 1024,
-            max_reference_seconds=context.settings.max_reference_seconds,
         )
         api = Api(
             self.name,

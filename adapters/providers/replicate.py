@@ -102,7 +102,6 @@ class ReplicateProvider(HostedProvider):
             webhooks=True,
             needs_public_media=False,
             prices=context.prices(self.name, DEFAULT_PRICES),
-            max_reference_seconds=settings.max_reference_seconds,
         )
         api = Api(
             self.name,

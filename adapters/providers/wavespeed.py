@@ -135,7 +135,6 @@ class WaveSpeedProvider(HostedProvider):
             webhooks=self._secret is not None,
             needs_public_media=False,
             prices=context.prices(self.name, DEFAULT_PRICES),
-            max_reference_seconds=settings.max_reference_seconds,
             max_images=max_images,
             durations=tuple(sorted(durations)),
         )
