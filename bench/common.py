@@ -341,6 +341,9 @@ class BenchChat:
     async def deliver_video(self, job: Job, video: Path, text: str) -> None:
         self.deliveries[job.id] += 1
 
+    async def find_delivery(self, job: Job) -> bool:
+        return self.deliveries[job.id] > 0
+
     def ended(self, job_id: str) -> bool:
         """Whether the job's status message has shown a final state (delivered, failed…)."""
         return any((job_id, state) in self.reached for state in FINAL_STATES)

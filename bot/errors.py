@@ -64,3 +64,18 @@ class WebhookRejected(R2VError):
     """A webhook whose token, signature or timestamp does not check out."""
 
     code = "webhook_rejected"
+
+
+class StorageUnavailable(R2VError):
+    """The database or the blob store cannot be reached or written right now (disk full,
+    read-only files, a lost connection, a bucket that is down). Transient: jobs keep their state
+    and retry; a command that needs the failing part is refused with this code."""
+
+    code = "storage_unavailable"
+
+
+class LeaseLost(R2VError):
+    """This instance no longer holds the job's lease (another instance took it over): stop
+    touching the job. Raised by every fenced job write."""
+
+    code = "lease_lost"

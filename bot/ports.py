@@ -206,7 +206,16 @@ class ChatPort(Protocol):
 
     async def edit_status(self, job: Job, text: str) -> None: ...
 
-    async def deliver_video(self, job: Job, video: Path, text: str) -> None: ...
+    async def deliver_video(self, job: Job, video: Path, text: str) -> None:
+        """Post the video where the job asked for it, marked with the job's id so that
+        ``find_delivery`` can recognise it (Discord: message nonce and a marker in the text;
+        Slack: message metadata; console: the outbox file named by job id)."""
+        ...
+
+    async def find_delivery(self, job: Job) -> bool:
+        """Whether the job's video is already posted. The engine asks this before posting again
+        after a crash left a delivery attempt without its outcome (exactly-once posting)."""
+        ...
 
 
 class BlobWriter(Protocol):
@@ -225,6 +234,12 @@ class BlobStore(Protocol):
     """Content-addressed files: a blob's name is the sha256 of its bytes."""
 
     def path(self, blob: str) -> Path: ...
+
+    async def local_path(self, blob: str) -> Path:
+        """A local file holding the blob's bytes, for media work (fitting, checks, uploads to
+        chat). Local files: the blob itself; an object store: a cached copy, fetched (streamed)
+        when missing."""
+        ...
 
     async def put_file(self, source: Path) -> str:
         """Store a file's content and answer its sha256; the source is left as it was."""

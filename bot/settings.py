@@ -175,6 +175,34 @@ class Settings(BaseSettings):
         None, description="a text file of words or phrases refused in prompts, one a line"
     )
 
+    # Several instances (DESIGN.md "Several instances").
+    database_url: str | None = Field(
+        None,
+        description="sqlite:///path/to/file or postgresql://user@host:port/database "
+        "(default: sqlite in R2V_DATA_DIR)",
+    )
+    blob_url: str | None = Field(
+        None,
+        description="file:///path/to/folder or s3://bucket/prefix (default: files in R2V_DATA_DIR)",
+    )
+    secret: SecretStr | None = Field(
+        None,
+        description="a random string shared by every instance (signs webhook tokens and links); "
+        "required with PostgreSQL",
+    )
+    instance_id: str | None = Field(
+        None, description="this instance's name in leases and logs (default: host name and pid)"
+    )
+    lease_seconds: Annotated[float, Field(ge=2, le=3600)] = Field(
+        30.0, description="how long an instance's hold on a job lasts unrenewed, 2–3600 seconds"
+    )
+    shutdown_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        20.0, description="seconds a stopping instance has to finish what it holds, more than 0"
+    )
+    discord_shards: str | None = Field(
+        None, description="the Discord shards this process runs, e.g. 0-3/8 (shards 0–3 of 8)"
+    )
+
     discord_token: SecretStr | None = _env("DISCORD_TOKEN")
     slack_bot_token: SecretStr | None = _env("SLACK_BOT_TOKEN")
     slack_app_token: SecretStr | None = _env("SLACK_APP_TOKEN")

@@ -152,6 +152,10 @@ class FileBlobStore:
             raise ValueError(f"not a blob name (64 lowercase hex digits): {blob!r}")
         return self.root / blob[:2] / blob[2:]
 
+    async def local_path(self, blob: str) -> Path:
+        """Local files are their own local copy."""
+        return self.path(blob)
+
     async def cleanup_tmp(self, older_than: float = 0.0) -> int:
         """Remove temporary files left by an earlier process (call once at start); answer how
         many. ``older_than`` (seconds) spares files another live process may still be writing."""

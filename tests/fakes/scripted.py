@@ -113,6 +113,9 @@ class RecordingChat:
         self.posts.append(Post("video", job.id, job.state, text, video))
         self.delivered.append(video)
 
+    async def find_delivery(self, job: Job) -> bool:
+        return any(post.kind == "video" and post.job == job.id for post in self.posts)
+
     def states(self, job_id: str) -> list[JobState]:
         seen: list[JobState] = []
         for post in self.posts:

@@ -85,6 +85,10 @@ class ConsoleChat:
             }
         )
 
+    async def find_delivery(self, job: Job) -> bool:
+        """The outbox file named by job id is the post: it exists only once fully copied."""
+        return await asyncio.to_thread((self._outbox / f"{job.id}.mp4").is_file)
+
 
 def _copy_atomically(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -172,6 +172,10 @@ class DiscordAdapter:
         await self._ready.wait()
         await self._delivery.deliver(job, video, text)
 
+    async def find_delivery(self, job: Job) -> bool:
+        # TODO(issue 12.4): look for the job's nonce/marker in the thread.
+        return False
+
     async def _in_generation_channel(self, job: Job) -> bool:
         assert self._core is not None
         d = job.destination

@@ -370,6 +370,10 @@ class SlackAdapter:
                 f"{escape(job.reason or 'unknown reason')}",
             )
 
+    async def find_delivery(self, job: Job) -> bool:
+        # TODO(issue 12.4): look for the job's message metadata with conversations.replies.
+        return False
+
     async def deliver_video(self, job: Job, video: Path, text: str) -> None:
         await upload_file(
             self.client,
