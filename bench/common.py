@@ -63,7 +63,7 @@ from bot.ports import (
 )
 from storage.blobs import FileBlobStore
 from storage.db import Database
-from storage.jobs import SqliteJobStore
+from storage.jobs import SqlJobStore
 from tests.media_factory import make_image, make_video
 
 #: Generated media is kept here between runs: making it costs more than some benchmarks.
@@ -361,7 +361,7 @@ class BenchBot:
 
     folder: Path
     engine: JobEngine
-    store: SqliteJobStore
+    store: SqlJobStore
     blobs: FileBlobStore
     chat: BenchChat
     reference: str
@@ -413,7 +413,7 @@ async def bench_bot(
         try:
             blobs = FileBlobStore(root / "blobs", db.blob_in_use)
             blob = await blobs.put_file(reference)
-            store = SqliteJobStore(db)
+            store = SqlJobStore(db)
             chat = BenchChat()
             http: HttpServer | None = None
             engine = JobEngine(
@@ -421,6 +421,7 @@ async def bench_bot(
                 blobs,
                 providers,
                 {chat.platform: chat},
+                secret=b"bench-secret",
                 limits=limits,
                 webhook_base=lambda provider: http.local_url if http is not None else None,
             )

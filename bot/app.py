@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -31,6 +32,7 @@ from adapters.providers.registry import hosted_providers
 from adapters.providers.storyboard import StoryboardProvider
 from adapters.webhooks import load_or_create_secret
 from bot.core import Core
+from bot.errors import ConfigurationError
 from bot.jobs import EngineLimits, JobEngine
 from bot.models import Actor
 from bot.ports import ChatPort, Provider
@@ -38,10 +40,11 @@ from bot.prompt_filter import PromptFilter
 from bot.roster import Roster
 from bot.settings import Settings
 from storage.blobs import FileBlobStore
-from storage.characters import SqliteCharacterStore
-from storage.db import Database
-from storage.jobs import SqliteJobStore
-from storage.servers import SqliteServerStore
+from storage.characters import SqlCharacterStore
+from storage.database import DataFolderLock, migrations_for, open_database, sqlite_path
+from storage.jobs import SqlJobStore
+from storage.servers import SqlServerStore
+from storage.sql import SqlDatabase
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class App:
     settings: Settings
-    db: Database
+    db: SqlDatabase
     core: Core
     engine: JobEngine
     http: HttpServer
@@ -76,8 +79,13 @@ async def build(
     stack = AsyncExitStack()
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = await Database.open(settings.database_path)
+        if sqlite_path(settings.database_url, settings.data_dir) is not None:
+            lock = DataFolderLock(settings.data_dir)
+            lock.acquire()
+            stack.callback(lock.release)
+        db = await open_database(settings.database_url, settings.data_dir)
         stack.push_async_callback(db.close)
+        secret = shared_secret(settings, db.dialect)
         blobs = FileBlobStore(settings.blob_dir, db.blob_in_use)
         await blobs.cleanup_tmp(older_than=3600)
         client = await stack.enter_async_context(
@@ -95,11 +103,18 @@ async def build(
             # Our own storyboard calls back over loopback, public URL or not.
             return http.local_url if http is not None and provider == "storyboard" else None
 
+        jobs = SqlJobStore(db)
+        if db.dialect == "sqlite":
+            await jobs.forget_leases()  # the folder lock says no other process is alive
         engine = JobEngine(
-            SqliteJobStore(db),
+            jobs,
             blobs,
             providers,
             chats,
+            secret=secret,
+            wakeups=db,
+            instance_id=settings.instance_id or default_instance_id(),
+            lease_seconds=settings.lease_seconds,
             limits=EngineLimits(
                 user_open_jobs=settings.user_open_jobs,
                 server_open_jobs=settings.server_open_jobs,
@@ -115,11 +130,19 @@ async def build(
         stack.push_async_callback(engine.close)
 
         async def health() -> dict[str, Any]:
+            if engine.draining:
+                # A load balancer stops sending here while the instance hands its jobs over.
+                return {"ok": False, "draining": True, "instance": engine.instance_id}
             try:
-                open_jobs = len(await SqliteJobStore(db).open_jobs())
+                open_jobs = len(await SqlJobStore(db).open_jobs())
             except Exception:
                 return {"ok": False, "database": False}
-            return {"ok": True, "database": True, "open_jobs": open_jobs}
+            return {
+                "ok": True,
+                "database": True,
+                "open_jobs": open_jobs,
+                "instance": engine.instance_id,
+            }
 
         web_app = build_app(
             engine,
@@ -135,7 +158,7 @@ async def build(
 
         workdir = settings.data_dir / "tmp"
         roster = Roster(
-            SqliteCharacterStore(db),
+            SqlCharacterStore(db),
             blobs,
             workdir,
             max_per_server=settings.max_characters_per_server,
@@ -144,7 +167,7 @@ async def build(
             roster,
             engine,
             blobs,
-            SqliteServerStore(db),
+            SqlServerStore(db),
             workdir=workdir,
             provider_order=settings.provider_order,
             public_url=settings.public_url,
@@ -191,8 +214,10 @@ async def run_console(
     )
     app = await build(settings, {"console": chat})
     stop = asyncio.Event()
-    with contextlib.suppress(NotImplementedError):
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    stopped_by_signal = False
     try:
         actor = Actor(
             platform="console", server_id=server, user_id=user, is_admin=admin, display_name=user
@@ -207,10 +232,13 @@ async def run_console(
         if session.done():
             session.result()
         else:
+            stopped_by_signal = True
             session.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await session
     finally:
+        if stopped_by_signal:
+            await app.engine.drain(settings.shutdown_seconds)
         await app.close()
     return 0
 
@@ -220,9 +248,32 @@ CHAT_LINK_SECONDS = 7 * 24 * 3600
 
 
 def media_links(settings: Settings, ttl_seconds: int) -> MediaLinks:
-    """Signed ``/media`` links under the secret kept in the data folder."""
-    secret = load_or_create_secret(settings.data_dir / "secrets" / "media.key").encode()
+    """Signed ``/media`` links: under ``R2V_SECRET`` when set (any instance checks them), else
+    under the key kept in the data folder."""
+    if settings.secret is not None:
+        secret = settings.secret.get_secret_value().encode()
+    else:
+        secret = load_or_create_secret(settings.data_dir / "secrets" / "media.key").encode()
     return MediaLinks(secret, settings.public_url, ttl_seconds=ttl_seconds)
+
+
+def shared_secret(settings: Settings, dialect: str) -> bytes:
+    """The secret every instance shares (webhook tokens): ``R2V_SECRET``, or on SQLite (one
+    instance) one made and kept in the data folder."""
+    if settings.secret is not None:
+        return settings.secret.get_secret_value().encode()
+    if dialect != "sqlite":
+        raise ConfigurationError(
+            "R2V_SECRET is not set: with PostgreSQL every instance must share one secret (it "
+            "signs webhook tokens). Set it to the same long random string on every instance, "
+            "e.g. the output of: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return load_or_create_secret(settings.data_dir / "secrets" / "instance.key").encode()
+
+
+def default_instance_id() -> str:
+    """The host name and pid: unique among live instances, readable in logs and leases."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def chat_adapters(settings: Settings) -> dict[str, ChatAdapter]:
@@ -255,13 +306,39 @@ async def run_bot(settings: Settings) -> int:
             await adapter.start(app.core)
             log.info("%s connected", name)
         await stop.wait()
-        log.info("stopping")
+        log.info(
+            "stopping: finishing what is in hand (at most %.0f s), then handing jobs over",
+            settings.shutdown_seconds,
+        )
+        # New commands are refused from here on and /healthz answers 503; the posts and
+        # writes in hand finish, and the leases go back for another instance to take at once.
+        await app.engine.drain(settings.shutdown_seconds)
     finally:
         await app.close()  # the engine stops before the platforms it posts to
         for adapter in adapters.values():
             with contextlib.suppress(Exception):
                 await adapter.close()
     return 0
+
+
+async def run_db(settings: Settings, action: str) -> int:
+    """``r2v db migrate`` / ``r2v db status``: what a deploy runs before starting instances
+    (instances also migrate at start, under a lock, so this is optional)."""
+    db = await open_database(settings.database_url, settings.data_dir, migrate=False)
+    try:
+        latest = len(migrations_for(db.dialect))
+        before = await db.schema_version()
+        if action == "migrate":
+            reached = await db.migrate(migrations_for(db.dialect))
+            print(f"{db.dialect}: schema version {before} -> {reached} (latest {latest})")
+            return 0
+        state = "up to date" if before == latest else f"{latest - before} migration(s) missing"
+        if before > latest:
+            state = "newer than this r2v-bot: upgrade it"
+        print(f"{db.dialect}: schema version {before} of {latest}: {state}")
+        return 0 if before == latest else 1
+    finally:
+        await db.close()
 
 
 async def discord_invite(settings: Settings) -> str:

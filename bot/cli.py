@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
         "--no-wait", action="store_true", help="exit at the end of input without waiting for jobs"
     )
     sub.add_parser("doctor", help="check the set-up and say what is wrong")
+    db = sub.add_parser("db", help="the database: migrate it, or show its schema version")
+    db.add_argument(
+        "action",
+        choices=["migrate", "status"],
+        help="migrate: apply missing migrations; status: the version, and what is missing",
+    )
     # Its options are the worker's own (r2v worker --help), passed through untouched.
     sub.add_parser("worker", help="run the local GPU worker service", add_help=False)
     sub.add_parser("version", help="print the version")
@@ -77,6 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bot.doctor import run_doctor
 
         return asyncio.run(run_doctor(settings))
+    if command == "db":
+        from bot.app import run_db
+
+        try:
+            return asyncio.run(run_db(settings, args.action))
+        except ConfigurationError as exc:
+            print(f"r2v: {exc.message}", file=sys.stderr)
+            return 2
     if command == "run":
         if settings.chat_platforms:
             from bot.app import run_bot

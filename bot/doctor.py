@@ -42,7 +42,7 @@ def _encode_h264() -> str:
 
 
 async def checks(settings: Settings) -> list[Check]:
-    from storage.db import Database
+    from storage.database import migrations_for, open_database
 
     results: list[Check] = []
     data = settings.data_dir
@@ -55,15 +55,23 @@ async def checks(settings: Settings) -> list[Check]:
         )
     )
     if ok:
+        where = settings.database_url or str(settings.database_path)
         try:
-            db = await Database.open(settings.database_path)
-            version = await db.schema_version()
-            await db.close()
+            db = await open_database(settings.database_url, settings.data_dir, migrate=False)
+            try:
+                version = await db.schema_version()
+                latest = len(migrations_for(db.dialect))
+            finally:
+                await db.close()
             results.append(
-                Check(True, f"database {settings.database_path} opens (schema version {version})")
+                Check(
+                    version <= latest,
+                    f"{db.dialect} database opens (schema version {version} of {latest}"
+                    + (", migrated at start)" if version < latest else ")"),
+                )
             )
         except Exception as exc:
-            results.append(Check(False, f"database {settings.database_path} fails: {exc}"))
+            results.append(Check(False, f"database {where} fails: {exc}"))
     try:
         codec = await asyncio.to_thread(_encode_h264)
         results.append(Check(True, f"PyAV encodes H.264 ({codec})"))

@@ -7,13 +7,24 @@ Rules that keep jobs from being lost or doubled (DESIGN.md):
 - Nothing waits on a webhook alone: every submitted job also polls, backing off to a cap.
 - On start every unfinished job resumes where it stood.
 
-One asyncio task (a "driver") follows each job that may run; jobs over the per-user or
-per-server limit of open jobs wait in order, their queue position shown in their status message.
+Several instances (DESIGN.md): an instance drives a job only while it holds the job's lease,
+taken in the database together with the counting of open jobs per user and per server (so the
+limits hold across instances) and renewed every third of the lease. Every write of a driver is
+fenced by that lease: an instance that paused past its lease finds the job gone and stops. A
+webhook may land on any instance: its token is an HMAC checked without the database, and the
+owner is woken through ``Wakeups`` (PostgreSQL ``NOTIFY``). The two side effects that must not
+happen twice, submitting to a paid provider and posting the video, are recorded as attempts
+before they are made; after a crash the next owner does not re-submit blindly and asks the
+platform whether the video is already posted.
+
+One asyncio task (a "driver") follows each job held; jobs over the per-user or per-server limit
+of open jobs wait in order, their queue position shown in their status message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -21,13 +32,20 @@ import logging
 import secrets
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bot import fitting, media
 from bot.compose import relabel
-from bot.errors import ProviderError, R2VError, Refusal, WebhookRejected
+from bot.errors import (
+    LeaseLost,
+    ProviderError,
+    R2VError,
+    Refusal,
+    StorageUnavailable,
+    WebhookRejected,
+)
 from bot.models import Actor, Destination, Job, JobSpec, JobState, MediaKind, OpenJob
 from bot.ports import (
     BlobStore,
@@ -41,6 +59,7 @@ from bot.ports import (
     StagedReference,
     TaskState,
     TaskStatus,
+    Wakeups,
 )
 from bot.quotas import Usage
 from bot.status import delivery_text, status_text
@@ -107,8 +126,41 @@ class UnknownJob(R2VError):
     code = "unknown_job"
 
 
+#: Backoff while the database or the blob store is unavailable (a transient fault).
+TRANSIENT_FIRST_SECONDS = 1.0
+TRANSIENT_MAX_SECONDS = 30.0
+
+
 def hash_token(token: str) -> str:
+    """How per-job tokens of jobs submitted before shared-secret tokens were stored."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def webhook_token(secret: bytes, provider: str, job_id: str) -> str:
+    """The token in a job's webhook URL: an HMAC of the job id and provider under the secret
+    every instance shares, so any instance checks it without the database."""
+    mac = hmac.new(secret, f"{provider}/{job_id}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac[:24]).decode("ascii")
+
+
+class LocalWakeups:
+    """Wake-ups within one process: SQLite's one instance, and tests."""
+
+    def __init__(self) -> None:
+        self._listeners: set[asyncio.Queue[str]] = set()
+
+    async def notify(self, payload: str) -> None:
+        for queue in self._listeners:
+            queue.put_nowait(payload)
+
+    async def listen(self) -> AsyncIterator[str]:
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        self._listeners.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._listeners.discard(queue)
 
 
 def new_job_id() -> str:
@@ -116,6 +168,8 @@ def new_job_id() -> str:
 
 
 class JobEngine:
+    """Drives the jobs this instance holds the lease of; see the module's docstring."""
+
     def __init__(
         self,
         store: JobStore,
@@ -123,6 +177,10 @@ class JobEngine:
         providers: Mapping[str, Provider],
         chats: Mapping[str, ChatPort],
         *,
+        secret: bytes,
+        wakeups: Wakeups | None = None,
+        instance_id: str = "local",
+        lease_seconds: float = 30.0,
         limits: EngineLimits | None = None,
         webhook_base: Callable[[str], str | None] = lambda provider: None,
         workdir: Path | None = None,
@@ -133,6 +191,10 @@ class JobEngine:
         self._blobs = blobs
         self._providers = providers
         self._chats = chats
+        self._secret = secret
+        self._wakeups: Wakeups = wakeups or LocalWakeups()
+        self.instance_id = instance_id
+        self._lease_seconds = lease_seconds
         self._limits = limits or EngineLimits()
         self._webhook_base = webhook_base
         self._workdir = workdir or Path(tempfile.gettempdir()) / "r2v-fitting"
@@ -140,20 +202,67 @@ class JobEngine:
         self._clock = clock
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._wakes: dict[str, asyncio.Event] = {}
+        self._busy: set[str] = set()
         self._shown_positions: dict[str, int] = {}
         self._progress_shown: dict[str, float] = {}
         self._pump_lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._closing = False
+        self._background: list[asyncio.Task[None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    @property
+    def draining(self) -> bool:
+        """True once ``drain`` began: no new commands or leases are taken."""
+        return self._closing
+
     async def start(self) -> None:
-        """Resume every unfinished job this process can deliver."""
+        """Take (and resume) every job this instance may drive, then keep doing so: renew the
+        leases held, take over jobs whose owner died, and listen for wake-ups."""
+        listening = asyncio.Event()
+        self._background = [
+            asyncio.create_task(self._listen(listening), name="job-wakeups"),
+            asyncio.create_task(self._keep_leases(), name="job-leases"),
+        ]
+        await listening.wait()
         await self._pump()
 
-    async def close(self) -> None:
+    async def drain(self, grace_seconds: float) -> None:
+        """Stop for a rolling deploy: take nothing new, let each side effect in hand (a
+        submission, a download, a post) finish within ``grace_seconds``, stop following the
+        rest, and release every lease so that another instance takes the jobs over at once."""
+        if self._closing:
+            return
         self._closing = True
+        for task in self._background:
+            task.cancel()
+        deadline = asyncio.get_running_loop().time() + grace_seconds
+        for job_id, task in list(self._drivers.items()):
+            if job_id not in self._busy:
+                task.cancel()
+        busy = [task for job_id, task in self._drivers.items() if job_id in self._busy]
+        if busy:
+            remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+            await asyncio.wait(busy, timeout=remaining)
+        await self._stop_drivers()
+        with contextlib.suppress(Exception):
+            released = await self._store.release(self.instance_id)
+            if released:
+                log.info("released %d job(s) to the other instances", released)
+                await self._wakeups.notify("*")
+
+    async def close(self) -> None:
+        """Stop at once (tests, a failed start); leases run out by themselves."""
+        self._closing = True
+        for task in self._background:
+            task.cancel()
+        await self._stop_drivers()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _stop_drivers(self) -> None:
         drivers = list(self._drivers.values())
         for task in drivers:
             task.cancel()
@@ -169,6 +278,47 @@ class JobEngine:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=poll)
+            if not self._drivers:
+                await self._pump()
+
+    async def _listen(self, listening: asyncio.Event) -> None:
+        """Wake-ups from webhooks (on any instance) and from instances releasing their jobs."""
+        stream = self._wakeups.listen()
+        try:
+            first = asyncio.ensure_future(anext(stream))
+            listening.set()
+            payload = await first
+            while True:
+                if payload in self._drivers:
+                    self._wake(payload)
+                elif not self._closing:
+                    await self._pump()
+                payload = await anext(stream)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the wake-up listener stopped; jobs are still polled")
+        finally:
+            listening.set()
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+
+    async def _keep_leases(self) -> None:
+        """Every third of a lease: renew ours, drop jobs we lost, take over free ones."""
+        period = self._lease_seconds / 3
+        while not self._closing:
+            await asyncio.sleep(period)
+            try:
+                held = await self._store.renew(self.instance_id, self._lease_seconds)
+                for job_id, task in list(self._drivers.items()):
+                    if job_id not in held and job_id not in self._busy and not task.done():
+                        log.warning("job %s: lease lost; another instance drives it now", job_id)
+                        task.cancel()
+                await self._pump()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("could not renew or take leases, will retry: %s", exc)
 
     # -- commands --------------------------------------------------------------------------
 
@@ -190,6 +340,11 @@ class JobEngine:
         self, actor: Actor, destination: Destination, spec: JobSpec, provider: str
     ) -> Job:
         """Write the job (queued), post its status message, then let it run when allowed."""
+        if self._closing:
+            raise Refusal(
+                "This bot is restarting; send the command again in a few seconds.",
+                code="shutting_down",
+            )
         now = self._clock()
         capabilities = self.provider(provider).capabilities
         job = Job(
@@ -255,15 +410,19 @@ class JobEngine:
         if job.task_id:
             with contextlib.suppress(R2VError):
                 await self.provider(job.provider).cancel(job.task_id)
+        # A person's command, from any instance: not fenced. The owner's next write then finds
+        # the job final (and its lease gone) and stops.
         moved = await self._advance(
             job.id,
             JobState.CANCELLED,
             detail=f"by {actor.user_id}",
+            fenced=False,
             reason=f"cancelled by {actor.mention}",
         )
         if moved is None or moved.state is not JobState.CANCELLED:
             raise Refusal(f"Job {job.id} ended before it could be cancelled.", code="job_finished")
-        self._wake(job.id)
+        with contextlib.suppress(Exception):
+            await self._wakeups.notify(job.id)
         self._changed.set()
         await self._pump()
         return moved
@@ -273,28 +432,39 @@ class JobEngine:
 
     # -- webhooks --------------------------------------------------------------------------
 
+    def webhook_token(self, provider: str, job_id: str) -> str:
+        """The token in a job's webhook URL: every instance can check it without the database."""
+        return webhook_token(self._secret, provider, job_id)
+
     async def on_webhook(
         self, provider: str, job_id: str, token: str, headers: Mapping[str, str], body: bytes
     ) -> None:
-        """Check a provider's callback, then wake the job to refresh its status.
+        """Check a provider's callback, then wake the job's owner to refresh its status.
 
-        Raises ``UnknownJob`` (404) or ``WebhookRejected`` (401); a finished job is left as it is.
+        The token is checked against the shared secret first (no database); a token from
+        before that scheme is checked against the job's stored hash. Raises ``UnknownJob``
+        (404) or ``WebhookRejected`` (401).
         """
-        job = await self._store.get(job_id)
-        if job is None or job.provider != provider:
-            raise UnknownJob(f"No job {job_id} for provider {provider}.")
+        if provider not in self._providers:
+            raise UnknownJob(f"No provider {provider} on this bot.")
         try:
-            if not job.token_hash or not hmac.compare_digest(hash_token(token), job.token_hash):
-                raise WebhookRejected("The webhook's token does not match its job.")
-            await self.provider(provider).check_webhook(headers, body)
+            if not hmac.compare_digest(token, self.webhook_token(provider, job_id)):
+                await self._check_legacy_token(provider, job_id, token)
+            await self._providers[provider].check_webhook(headers, body)
         except WebhookRejected:
             self._metrics.webhook_rejected(provider)
             raise
-        if job.state.is_final:
-            return
-        if job.id not in self._drivers:
-            await self._pump()
-        self._wake(job.id)
+        if job_id in self._drivers:
+            self._wake(job_id)
+        else:
+            await self._wakeups.notify(job_id)
+
+    async def _check_legacy_token(self, provider: str, job_id: str, token: str) -> None:
+        job = await self._store.get(job_id)
+        if job is None or job.provider != provider:
+            raise UnknownJob(f"No job {job_id} for provider {provider}.")
+        if not job.token_hash or not hmac.compare_digest(hash_token(token), job.token_hash):
+            raise WebhookRejected("The webhook's token does not match its job.")
 
     # -- scheduling ------------------------------------------------------------------------
 
@@ -302,36 +472,22 @@ class JobEngine:
         return [j for j in await self._store.open_jobs() if j.platform in self._chats]
 
     async def _pump(self) -> None:
-        """Start drivers for resumable jobs and for waiting jobs that fit the limits."""
+        """Take the leases of jobs that may run now and start a driver for each."""
         if self._closing:
             return
         async with self._pump_lock:
-            jobs = await self._served_unfinished()
-            running = [j for j in jobs if j.state in OPEN_STATES or j.id in self._drivers]
-            per_user: dict[tuple[str, str], int] = {}
-            per_server: dict[str, int] = {}
-            for j in running:
-                per_user[(j.server_id, j.user_id)] = per_user.get((j.server_id, j.user_id), 0) + 1
-                per_server[j.server_id] = per_server.get(j.server_id, 0) + 1
-            waiting: list[OpenJob] = []
-            for job in jobs:
-                if job.id in self._drivers:
-                    continue
-                if job.state is not JobState.QUEUED:
-                    self._start_driver(job)
-                    continue
-                user_key = (job.server_id, job.user_id)
-                if (
-                    per_user.get(user_key, 0) < self._limits.user_open_jobs
-                    and per_server.get(job.server_id, 0) < self._limits.server_open_jobs
-                ):
-                    per_user[user_key] = per_user.get(user_key, 0) + 1
-                    per_server[job.server_id] = per_server.get(job.server_id, 0) + 1
+            claim = await self._store.claim(
+                self.instance_id,
+                self._lease_seconds,
+                platforms=list(self._chats),
+                user_open_jobs=self._limits.user_open_jobs,
+                server_open_jobs=self._limits.server_open_jobs,
+            )
+            for job in claim.taken:
+                if job.id not in self._drivers and not self._closing:
                     self._shown_positions.pop(job.id, None)
                     self._start_driver(job)
-                else:
-                    waiting.append(job)
-        await self._show_positions(waiting)
+        await self._show_positions(claim.waiting)
 
     async def _show_positions(self, waiting: Sequence[OpenJob]) -> None:
         positions: dict[str, int] = {}
@@ -346,18 +502,15 @@ class JobEngine:
 
     async def _queue_position(self, job: Job) -> int | None:
         """Where a queued job stands among its server's waiting jobs (None: it may run now)."""
-        jobs = [j for j in await self._served_unfinished() if j.server_id == job.server_id]
-        open_jobs = [j for j in jobs if j.state in OPEN_STATES or j.id in self._drivers]
-        mine = sum(1 for j in open_jobs if j.user_id == job.user_id)
-        waiting = [j for j in jobs if j.state is JobState.QUEUED and j.id not in self._drivers]
+        mine, server = await self._store.active_count(job.server_id, job.user_id)
+        waiting = list(await self._store.waiting(job.server_id))
         if (
             len(waiting) <= 1
             and mine < self._limits.user_open_jobs
-            and len(open_jobs) < self._limits.server_open_jobs
+            and server < self._limits.server_open_jobs
         ):
             return None
-        ids = [j.id for j in waiting]
-        return ids.index(job.id) + 1 if job.id in ids else None
+        return waiting.index(job.id) + 1 if job.id in waiting else None
 
     def _start_driver(self, job: OpenJob) -> None:
         self._wakes.setdefault(job.id, asyncio.Event())
@@ -369,23 +522,53 @@ class JobEngine:
         if event is not None:
             event.set()
 
+    @contextlib.contextmanager
+    def _side_effect(self, job_id: str) -> Iterator[None]:
+        """Marks a step that must not be cut short by a drain (a submission, a download, a
+        post): ``drain`` waits for it, within the shutdown time."""
+        self._busy.add(job_id)
+        try:
+            yield
+        finally:
+            self._busy.discard(job_id)
+
     # -- one job ---------------------------------------------------------------------------
 
     async def _drive(self, job_id: str) -> None:
-        job = await self._store.get(job_id)
+        backoff = TRANSIENT_FIRST_SECONDS
+        job = None
         try:
-            while job is not None and not job.state.is_final:
-                if job.state is JobState.QUEUED:
-                    job = await self._submit(job)
-                elif job.state in (JobState.SUBMITTED, JobState.RUNNING):
-                    job = await self._follow(job)
-                else:
-                    job = await self._deliver(job)
+            while True:
+                try:
+                    job = await self._store.get(job_id)
+                    while job is not None and not job.state.is_final:
+                        if job.state is JobState.QUEUED:
+                            with self._side_effect(job_id):
+                                job = await self._submit(job)
+                        elif job.state in (JobState.SUBMITTED, JobState.RUNNING):
+                            job = await self._follow(job)
+                        else:
+                            with self._side_effect(job_id):
+                                job = await self._deliver(job)
+                        backoff = TRANSIENT_FIRST_SECONDS
+                    return
+                except LeaseLost:
+                    log.info("job %s: lease lost; another instance drives it now", job_id)
+                    return
+                except (StorageUnavailable, OSError) as exc:
+                    # Disk full, read-only files, a database or bucket gone: the job keeps its
+                    # state and carries on when the fault clears.
+                    log.warning(
+                        "job %s: storage unavailable, retrying in %.0f s: %s", job_id, backoff, exc
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, TRANSIENT_MAX_SECONDS)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("job %s stopped on an unexpected error", job_id)
-            await self._fail(job_id, "something went wrong on our side; please try again.")
+            with contextlib.suppress(Exception):
+                await self._fail(job_id, "something went wrong on our side; please try again.")
         finally:
             self._drivers.pop(job_id, None)
             self._wakes.pop(job_id, None)
@@ -396,13 +579,32 @@ class JobEngine:
 
     def _schedule_pump(self) -> None:
         if not self._closing:
-            asyncio.create_task(self._pump(), name="job-pump")  # noqa: RUF006
+            asyncio.create_task(self._pump_quietly(), name="job-pump")  # noqa: RUF006
+
+    async def _pump_quietly(self) -> None:
+        try:
+            await self._pump()
+        except Exception as exc:
+            log.warning("could not look for jobs to run, will retry: %s", exc)
+
+    async def _update(self, job_id: str, **fields: object) -> Job:
+        """A driver's write: fenced by this instance's lease."""
+        return await self._store.update(job_id, lease=self.instance_id, **fields)
 
     async def _submit(self, job: Job) -> Job | None:
         """Submit to the job's provider, moving down its fallbacks on capacity or server errors.
 
         An authentication error never moves on: it is the bot's configuration, reported as such.
+        A submission whose outcome a crash hid is not sent again to a provider that would bill
+        it twice.
         """
+        if job.submit_attempts and not self._resubmit_is_safe(job):
+            return await self._fail(
+                job.id,
+                f"the bot stopped while handing this job to {job.provider}, which may have "
+                "taken it; it was not sent again, so that it is not paid for twice. "
+                "Use /generate again.",
+            )
         errors: list[str] = []
         for name in (job.provider, *job.spec.fallbacks):
             provider = self._providers.get(name)
@@ -415,7 +617,7 @@ class JobEngine:
                 continue
             if name != job.provider:
                 log.info("job %s: moving from %s to %s", job.id, job.provider, name)
-                job = await self._store.update(
+                job = await self._update(
                     job.id,
                     provider=name,
                     cost_estimate=estimate_cost(job.spec, provider.capabilities),
@@ -425,6 +627,8 @@ class JobEngine:
                 task_id = await self._submit_to(job, provider, request_spec)
             except ProviderError as exc:
                 log.warning("job %s: %s did not take the job: %s", job.id, name, exc)
+                # The provider answered no: nothing of this attempt is pending there.
+                job = await self._update(job.id, submit_attempts=0)
                 if exc.retryable:
                     errors.append(exc.message)
                     continue
@@ -442,12 +646,18 @@ class JobEngine:
             return moved
         return await self._fail(job.id, "no provider could take the job: " + "; ".join(errors))
 
+    def _resubmit_is_safe(self, job: Job) -> bool:
+        provider = self._providers.get(job.provider)
+        return provider is not None and provider.capabilities.idempotent_submit
+
     async def _submit_to(self, job: Job, provider: Provider, spec: JobSpec) -> str:
-        token = secrets.token_urlsafe(24)
         base = self._webhook_base(job.provider) if provider.capabilities.webhooks else None
+        token = self.webhook_token(job.provider, job.id)
         webhook_url = f"{base}/hooks/{job.provider}/{job.id}?t={token}" if base else None
-        await self._store.update(job.id, token_hash=hash_token(token))
         request = await self._request(job, spec, provider.capabilities, webhook_url)
+        # Written before the provider is called: after a crash here, the next owner knows a
+        # submission may have reached the provider.
+        await self._update(job.id, submit_attempts=job.submit_attempts + 1)
         started = self._clock()
         task_id = await provider.submit(request)
         self._metrics.submit_latency(job.provider, self._clock() - started)
@@ -525,13 +735,14 @@ class JobEngine:
             if not exc.retryable:
                 return await self._fail(job.id, exc.message)
             log.info("job %s: status look-up failed, will retry: %s", job.id, exc)
-            return await self._store.update(job.id, poll_count=job.poll_count + 1)
-        job = await self._store.update(job.id, poll_count=job.poll_count + 1)
+            return await self._update(job.id, poll_count=job.poll_count + 1)
+        job = await self._update(job.id, poll_count=job.poll_count + 1)
         return await self._apply(job, provider, status)
 
     async def _apply(self, job: Job, provider: Provider, status: TaskStatus) -> Job | None:
         if status.state is TaskState.SUCCEEDED:
-            return await self._fetch(job, provider, status)
+            with self._side_effect(job.id):
+                return await self._fetch(job, provider, status)
         if status.state is TaskState.FAILED:
             reason = status.error or "no reason given"
             return await self._fail(job.id, f"the provider could not make this video ({reason}).")
@@ -550,7 +761,7 @@ class JobEngine:
         if status.state is TaskState.RUNNING and job.state is JobState.SUBMITTED:
             return await self._advance(job.id, JobState.RUNNING, progress=status.progress)
         if status.progress is not None and status.progress != job.progress:
-            job = await self._store.update(job.id, progress=status.progress)
+            job = await self._update(job.id, progress=status.progress)
             # Chat platforms rate-limit edits (Discord: about 5 per 5 s a channel).
             now = self._clock()
             if now - self._progress_shown.get(job.id, 0.0) >= PROGRESS_EDIT_SECONDS:
@@ -596,9 +807,17 @@ class JobEngine:
         )
 
     async def _deliver(self, job: Job) -> Job | None:
+        """Post the video exactly once: the attempt is written before the post, and after a
+        crash that hid an attempt's outcome the platform is asked whether the post exists."""
         assert job.result_blob is not None
         chat = self._chat(job)
-        await chat.deliver_video(job, self._blobs.path(job.result_blob), delivery_text(job))
+        if job.delivery_attempts and await chat.find_delivery(job):
+            log.info("job %s: its video was already posted; not posting it again", job.id)
+            return await self._advance(job.id, JobState.DELIVERED, detail="found posted")
+        job = await self._update(job.id, delivery_attempts=job.delivery_attempts + 1)
+        assert job.result_blob is not None
+        video = await self._blobs.local_path(job.result_blob)
+        await chat.deliver_video(job, video, delivery_text(job))
         self._metrics.delivered(job.destination.platform)
         return await self._advance(job.id, JobState.DELIVERED)
 
@@ -606,13 +825,21 @@ class JobEngine:
         return await self._advance(job_id, JobState.FAILED, detail=reason, reason=reason)
 
     async def _advance(
-        self, job_id: str, state: JobState, *, detail: str = "", **fields: object
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        detail: str = "",
+        fenced: bool = True,
+        **fields: object,
     ) -> Job | None:
         """Move the job forward (written first), then tell its chat and count it.
 
         Answers the job as it now stands: moved, or unchanged when the move was not forward.
+        A driver's moves are fenced by this instance's lease; a person's (cancel) are not.
         """
-        moved = await self._store.move(job_id, state, detail=detail, **fields)
+        lease = self.instance_id if fenced else None
+        moved = await self._store.move(job_id, state, detail=detail, lease=lease, **fields)
         if moved is None:
             return await self._store.get(job_id)
         if moved.state.is_final:

@@ -283,3 +283,16 @@ class Job:
     next_poll_at: float | None = None
     poll_count: int = 0
     cost_estimate: float | None = None
+    #: Tries at the two side effects that must not be repeated blindly after a crash: handing
+    #: the job to a (paid) provider, and posting its video. Each is written before it is made.
+    submit_attempts: int = 0
+    delivery_attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What one scheduling round gave an instance: jobs it now holds the lease of (to drive),
+    and jobs still waiting for a free slot, in queue order (to show their place)."""
+
+    taken: tuple[OpenJob, ...]
+    waiting: tuple[OpenJob, ...]

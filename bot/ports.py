@@ -13,7 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from bot.models import Character, CharacterMedia, Job, JobState, MediaKind, OpenJob, Visibility
+from bot.models import (
+    Character,
+    CharacterMedia,
+    Claim,
+    Job,
+    JobState,
+    MediaKind,
+    OpenJob,
+    Visibility,
+)
 from bot.quotas import ServerSettings, Usage
 
 
@@ -80,6 +89,9 @@ class Capabilities:
     max_videos: int | None = None
     #: The exact lengths a provider makes, when it makes only some (``None``: any in range).
     durations: tuple[int, ...] | None = None
+    #: Whether sending the same job twice makes one task (the provider dedupes by job id). When
+    #: not, a submission whose outcome a crash hid is never sent again: it may have been billed.
+    idempotent_submit: bool = False
 
     def accepts_duration(self, seconds: int, has_video: bool) -> bool:
         low, high = self.durations_for(has_video)
@@ -287,6 +299,9 @@ class CharacterStore(Protocol):
 
 
 class JobStore(Protocol):
+    """Jobs and their leases. Writes given ``lease=`` (an instance id) are fenced: they raise
+    ``LeaseLost`` and change nothing unless that instance still holds the job's lease."""
+
     async def create(self, job: Job, blobs: Sequence[str]) -> None:
         """Write a new job (state ``queued``) and the blobs it holds on to."""
         ...
@@ -294,15 +309,47 @@ class JobStore(Protocol):
     async def get(self, job_id: str) -> Job | None: ...
 
     async def move(
-        self, job_id: str, new: JobState, *, detail: str = "", **fields: object
+        self,
+        job_id: str,
+        new: JobState,
+        *,
+        detail: str = "",
+        lease: str | None = None,
+        **fields: object,
     ) -> Job | None:
         """Move a job forward and record the event, in one transaction.
 
         Answers the updated job, or ``None`` when the move is not forward from the stored state
-        (the job is then unchanged)."""
+        (the job is then unchanged). A final state ends the job's lease."""
         ...
 
-    async def update(self, job_id: str, **fields: object) -> Job: ...
+    async def update(self, job_id: str, *, lease: str | None = None, **fields: object) -> Job: ...
+
+    async def claim(
+        self,
+        owner: str,
+        lease_seconds: float,
+        *,
+        platforms: Sequence[str],
+        user_open_jobs: int,
+        server_open_jobs: int,
+    ) -> Claim:
+        """Take the leases of free jobs that may run now (limits counted in the database)."""
+        ...
+
+    async def renew(self, owner: str, lease_seconds: float) -> set[str]:
+        """Extend ``owner``'s unexpired leases; answers the job ids it still holds."""
+        ...
+
+    async def release(self, owner: str, job_ids: Sequence[str] | None = None) -> int: ...
+
+    async def waiting(self, server_id: str) -> Sequence[str]:
+        """The server's queued jobs nobody has taken, oldest first."""
+        ...
+
+    async def active_count(self, server_id: str, user_id: str) -> tuple[int, int]:
+        """Slots held now by the user and by the whole server."""
+        ...
 
     async def unfinished(self) -> Sequence[Job]: ...
 
@@ -317,6 +364,16 @@ class JobStore(Protocol):
     async def usage(self, server_id: str, since: float) -> Usage:
         """Jobs created since ``since`` that reached (or are waiting for) a provider."""
         ...
+
+
+class Wakeups(Protocol):
+    """How instances wake each other: a webhook on one wakes the job's owner on another
+    (PostgreSQL ``LISTEN/NOTIFY``; in-process on SQLite). Payloads are job ids, or ``*``:
+    "look for jobs to take over" (an instance released its leases)."""
+
+    async def notify(self, payload: str) -> None: ...
+
+    def listen(self) -> AsyncIterator[str]: ...
 
 
 class ServerStore(Protocol):

@@ -1,4 +1,4 @@
-"""Characters of a server and their media, in SQLite.
+"""Characters of a server and their media, in SQLite or PostgreSQL.
 
 Names are unique in a server regardless of case: the table holds each name's key
 (``bot.names.name_key``) under a ``UNIQUE`` constraint, and every write that sets a name checks the
@@ -8,7 +8,6 @@ that already has it rather than a constraint error.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -16,7 +15,7 @@ from dataclasses import replace
 from bot.errors import Refusal
 from bot.models import Character, CharacterMedia, MediaInfo, MediaKind, Visibility
 from bot.names import name_key
-from storage.db import Database, Tx
+from storage.sql import Row, SqlDatabase, Tx
 
 _SELECT = """
     SELECT c.id, c.server_id, c.name, c.owner_id, c.description, c.visibility, c.created_at,
@@ -34,7 +33,7 @@ def name_taken(existing: str) -> Refusal:
     )
 
 
-def _media_from_row(row: sqlite3.Row) -> CharacterMedia:
+def _media_from_row(row: Row) -> CharacterMedia:
     kind = MediaKind(row["kind"])
     info = MediaInfo(
         kind=kind,
@@ -49,11 +48,11 @@ def _media_from_row(row: sqlite3.Row) -> CharacterMedia:
     )
 
 
-def _characters_from_rows(rows: Sequence[sqlite3.Row]) -> list[Character]:
+def _characters_from_rows(rows: Sequence[Row]) -> list[Character]:
     """Fold the joined rows (one per media item, ordered by character) into characters."""
     characters: list[Character] = []
     media: list[CharacterMedia] = []
-    current: sqlite3.Row | None = None
+    current: Row | None = None
 
     def finish() -> None:
         if current is not None:
@@ -80,16 +79,17 @@ def _characters_from_rows(rows: Sequence[sqlite3.Row]) -> list[Character]:
     return characters
 
 
-class SqliteCharacterStore:
+class SqlCharacterStore:
     """``CharacterStore`` over the bot's database. Call ``ensure_server`` before ``create``."""
 
-    def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: SqlDatabase, *, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._clock = clock
 
     async def ensure_server(self, server_id: str, platform: str) -> None:
         await self._db.execute(
-            "INSERT OR IGNORE INTO servers (id, platform, created_at) VALUES (?, ?, ?)",
+            "INSERT INTO servers (id, platform, created_at) VALUES (?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
             (server_id, platform, self._clock()),
         )
 
@@ -130,9 +130,10 @@ class SqliteCharacterStore:
         now = self._clock()
         async with self._db.transaction() as tx:
             await self._check_free(tx, server_id, name)
-            outcome = await tx.execute(
+            inserted = await tx.fetchone(
                 "INSERT INTO characters (server_id, name, name_key, owner_id, description,"
-                " visibility, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " visibility, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " RETURNING id",
                 (
                     server_id,
                     name,
@@ -144,7 +145,7 @@ class SqliteCharacterStore:
                     now,
                 ),
             )
-            character_id = _rowid(outcome.lastrowid)
+            character_id = _new_id(inserted)
             stored = [
                 await self._insert_media(tx, character_id, item, position, now)
                 for position, item in enumerate(media)
@@ -205,7 +206,8 @@ class SqliteCharacterStore:
     @staticmethod
     async def _check_free(tx: Tx, server_id: str, name: str, but: int | None = None) -> None:
         row = await tx.fetchone(
-            "SELECT name FROM characters WHERE server_id = ? AND name_key = ? AND id IS NOT ?",
+            "SELECT name FROM characters WHERE server_id = ? AND name_key = ?"
+            " AND id IS DISTINCT FROM ?",
             (server_id, name_key(name), but),
         )
         if row is not None:
@@ -224,9 +226,9 @@ class SqliteCharacterStore:
         tx: Tx, character_id: int, item: CharacterMedia, position: int, now: float
     ) -> CharacterMedia:
         info = item.info
-        outcome = await tx.execute(
+        inserted = await tx.fetchone(
             "INSERT INTO character_media (character_id, kind, position, blob, mime, size, width,"
-            " height, duration, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " height, duration, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 character_id,
                 item.kind.value,
@@ -244,11 +246,11 @@ class SqliteCharacterStore:
             item,
             info=replace(info, kind=item.kind),
             position=position,
-            id=_rowid(outcome.lastrowid),
+            id=_new_id(inserted),
         )
 
 
-def _rowid(value: int | None) -> int:
-    if value is None:
-        raise RuntimeError("SQLite gave no rowid for an INSERT")
-    return value
+def _new_id(row: Row | None) -> int:
+    if row is None:
+        raise RuntimeError("the database gave no id for an INSERT … RETURNING id")
+    return int(row["id"])

@@ -16,112 +16,57 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
-from typing import Any, TypeAlias
 
 import aiosqlite
 
-from bot.errors import ConfigurationError
+from bot.errors import ConfigurationError, StorageUnavailable
+from storage.migrations import SQLITE_MIGRATIONS
+from storage.sql import BLOB_IN_USE_SQL, Outcome, Params, Row
 
 log = logging.getLogger(__name__)
 
-Params: TypeAlias = Sequence[Any] | Mapping[str, Any]
+MIGRATIONS = SQLITE_MIGRATIONS
 
-_UNFINISHED = "('queued', 'submitted', 'running', 'delivering')"
+_SKIP_LOCKED = re.compile(r"\s+FOR\s+UPDATE(\s+SKIP\s+LOCKED)?", re.IGNORECASE)
 
-MIGRATIONS: tuple[str, ...] = (
-    # 1: servers, characters and their media, jobs with their events and blobs.
-    f"""
-    CREATE TABLE servers (
-        id TEXT PRIMARY KEY,
-        platform TEXT NOT NULL,
-        settings TEXT NOT NULL DEFAULT '{{}}',
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE characters (
-        id INTEGER PRIMARY KEY,
-        server_id TEXT NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
-        name TEXT NOT NULL,
-        name_key TEXT NOT NULL,
-        owner_id TEXT NOT NULL,
-        description TEXT NOT NULL DEFAULT '',
-        visibility TEXT NOT NULL CHECK (visibility IN ('public', 'private')),
-        created_at REAL,
-        updated_at REAL,
-        UNIQUE (server_id, name_key)
-    );
-    CREATE TABLE character_media (
-        id INTEGER PRIMARY KEY,
-        character_id INTEGER NOT NULL REFERENCES characters(id) ON DELETE CASCADE,
-        kind TEXT NOT NULL CHECK (kind IN ('image', 'video', 'voice')),
-        position INTEGER NOT NULL,
-        blob TEXT NOT NULL,
-        mime TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        width INTEGER,
-        height INTEGER,
-        duration REAL,
-        created_at REAL
-    );
-    CREATE INDEX character_media_character ON character_media (character_id, position);
-    CREATE INDEX character_media_blob ON character_media (blob);
-    CREATE TABLE jobs (
-        id TEXT PRIMARY KEY,
-        server_id TEXT NOT NULL REFERENCES servers(id),
-        user_id TEXT NOT NULL,
-        provider TEXT NOT NULL,
-        state TEXT NOT NULL CHECK (state IN
-            ('queued', 'submitted', 'running', 'delivering', 'delivered', 'failed', 'cancelled')),
-        spec TEXT NOT NULL,
-        platform TEXT NOT NULL,
-        dest_server_id TEXT NOT NULL,
-        dest_user_id TEXT NOT NULL,
-        channel_id TEXT NOT NULL,
-        thread_id TEXT,
-        status_message_id TEXT,
-        task_id TEXT,
-        token_hash TEXT,
-        reason TEXT,
-        progress REAL,
-        result_blob TEXT,
-        result_size INTEGER,
-        result_duration REAL,
-        cost_estimate REAL,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        submitted_at REAL,
-        finished_at REAL,
-        next_poll_at REAL,
-        poll_count INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX jobs_unfinished ON jobs (created_at) WHERE state IN {_UNFINISHED};
-    CREATE INDEX jobs_by_user ON jobs (server_id, user_id, created_at);
-    CREATE TABLE job_events (
-        id INTEGER PRIMARY KEY,
-        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-        at REAL NOT NULL,
-        from_state TEXT,
-        to_state TEXT NOT NULL,
-        detail TEXT NOT NULL DEFAULT ''
-    );
-    CREATE INDEX job_events_job ON job_events (job_id);
-    CREATE TABLE job_blobs (
-        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-        blob TEXT NOT NULL,
-        role TEXT NOT NULL,
-        PRIMARY KEY (job_id, blob, role)
-    );
-    CREATE INDEX job_blobs_blob ON job_blobs (blob);
-    """,
+#: SQLite errors that mean "the disk or the file system said no", not "this SQL is wrong":
+#: they pass when the fault clears (space freed, permissions restored).
+_TRANSIENT_MESSAGES = (
+    "disk i/o error",
+    "database or disk is full",
+    "attempt to write a readonly database",
+    "unable to open database file",
+    "database is locked",
 )
 
-#: The ``WHERE`` condition matching unfinished jobs, worded exactly as the partial index is, so
-#: SQLite's planner can use that index.
-UNFINISHED_CONDITION = f"state IN {_UNFINISHED}"
+
+def _sqlite_sql(sql: str) -> str:
+    """SQLite locks the whole database for a write transaction: row locks are moot there."""
+    return _SKIP_LOCKED.sub("", sql)
+
+
+@contextmanager
+def storage_errors(where: Path) -> Iterator[None]:
+    """Turn a file-system fault under SQLite into ``StorageUnavailable`` (transient)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        text = str(exc).lower()
+        if any(message in text for message in _TRANSIENT_MESSAGES):
+            raise StorageUnavailable(
+                f"The database {where} cannot be written right now ({exc}). Jobs keep their "
+                "state and carry on when it can; free disk space or fix the folder's permissions."
+            ) from exc
+        raise
+    except OSError as exc:
+        raise StorageUnavailable(
+            f"The database {where} cannot be reached right now ({exc.strerror or exc})."
+        ) from exc
 
 
 def split_statements(script: str) -> list[str]:
@@ -147,23 +92,16 @@ def split_statements(script: str) -> list[str]:
     return statements
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What a data-changing statement did."""
-
-    rowcount: int
-    lastrowid: int | None
-
-
-class Tx:
+class SqliteTx:
     """The statements of one open transaction (or of one lone statement under the lock).
 
     It stops working when its block ends, so a statement cannot be sent outside the lock by
     holding on to it.
     """
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: aiosqlite.Connection, where: Path) -> None:
         self._conn = conn
+        self._where = where
         self._open = True
 
     def _check(self) -> None:
@@ -175,20 +113,23 @@ class Tx:
 
     async def execute(self, sql: str, params: Params = ()) -> Outcome:
         self._check()
-        cursor = await self._conn.execute(sql, params)
-        return Outcome(rowcount=cursor.rowcount, lastrowid=cursor.lastrowid)
+        with storage_errors(self._where):
+            cursor = await self._conn.execute(_sqlite_sql(sql), params)
+        return Outcome(rowcount=cursor.rowcount)
 
     async def executemany(self, sql: str, rows: Iterable[Params]) -> Outcome:
         self._check()
-        cursor = await self._conn.executemany(sql, rows)
-        return Outcome(rowcount=cursor.rowcount, lastrowid=cursor.lastrowid)
+        with storage_errors(self._where):
+            cursor = await self._conn.executemany(_sqlite_sql(sql), rows)
+        return Outcome(rowcount=cursor.rowcount)
 
-    async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         self._check()
-        rows = await self._conn.execute_fetchall(sql, params)
+        with storage_errors(self._where):
+            rows = await self._conn.execute_fetchall(_sqlite_sql(sql), params)
         return list(rows)
 
-    async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
@@ -196,13 +137,16 @@ class Tx:
 class Database:
     """The bot's SQLite database. Build it with ``await Database.open(path)``."""
 
+    dialect = "sqlite"
+
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self._conn = conn
         self._lock = asyncio.Lock()
         self.path = path
+        self._listeners: set[asyncio.Queue[str]] = set()
 
     @classmethod
-    async def open(cls, path: Path, migrations: Sequence[str] = MIGRATIONS) -> Database:
+    async def open(cls, path: Path, migrations: Sequence[str] | None = MIGRATIONS) -> Database:
         """Open (or create) the database at ``path`` and bring its schema up to date.
 
         ``migrations`` is the list of schema scripts, migration N being ``migrations[N - 1]``;
@@ -210,12 +154,14 @@ class Database:
         """
         await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
         # isolation_level=None: no implicit transactions; this module says BEGIN and COMMIT.
-        conn = await aiosqlite.connect(path, isolation_level=None)
+        with storage_errors(path):
+            conn = await aiosqlite.connect(path, isolation_level=None)
         try:
             conn.row_factory = sqlite3.Row
             db = cls(conn, path)
             await db._configure()
-            await db._migrate(migrations)
+            if migrations is not None:
+                await db.migrate(migrations)
         except BaseException:
             await conn.close()
             raise
@@ -239,10 +185,12 @@ class Database:
         row = await self.fetchone("PRAGMA user_version")
         return int(row[0]) if row else 0
 
-    async def _migrate(self, migrations: Sequence[str]) -> None:
+    async def migrate(self, migrations: Sequence[str] = MIGRATIONS) -> int:
+        """Apply what is missing; answers the version reached. ``BEGIN IMMEDIATE`` is the lock
+        that keeps two processes from migrating at once."""
         latest = len(migrations)
         if await self.schema_version() == latest:
-            return  # the usual case, settled without taking the write lock
+            return latest  # the usual case, settled without taking the write lock
         while True:
             async with self.transaction() as tx:
                 # Read inside the write transaction: another process may have migrated meanwhile.
@@ -255,7 +203,7 @@ class Database:
                         "R2V_DATA_DIR to another folder."
                     )
                 if version == latest:
-                    return
+                    return version
                 target = version + 1
                 try:
                     for statement in split_statements(migrations[target - 1]):
@@ -268,19 +216,21 @@ class Database:
             log.info("Migrated %s to schema version %d", self.path, target)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Tx]:
+    async def transaction(self) -> AsyncIterator[SqliteTx]:
         """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` when the block raises.
 
         No other statement of this process runs until the block ends, so keep it short and
         await nothing slow inside it (no network, no file copies).
         """
         async with self._lock:
-            tx = Tx(self._conn)
-            await self._conn.execute("BEGIN IMMEDIATE")
+            tx = SqliteTx(self._conn, self.path)
+            with storage_errors(self.path):
+                await self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield tx
                 tx._end()
-                await self._conn.execute("COMMIT")
+                with storage_errors(self.path):
+                    await self._conn.execute("COMMIT")
             except BaseException:
                 tx._end()
                 # A failed COMMIT may have ended the transaction already; then there is
@@ -290,9 +240,9 @@ class Database:
                 raise
 
     @asynccontextmanager
-    async def _statement(self) -> AsyncIterator[Tx]:
+    async def _statement(self) -> AsyncIterator[SqliteTx]:
         async with self._lock:
-            tx = Tx(self._conn)
+            tx = SqliteTx(self._conn, self.path)
             try:
                 yield tx
             finally:
@@ -303,19 +253,29 @@ class Database:
         async with self._statement() as tx:
             return await tx.execute(sql, params)
 
-    async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         async with self._statement() as tx:
             return await tx.fetchall(sql, params)
 
-    async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         async with self._statement() as tx:
             return await tx.fetchone(sql, params)
 
     async def blob_in_use(self, blob: str) -> bool:
         """Whether a character's media or a job still refers to the blob (the blob store asks)."""
-        row = await self.fetchone(
-            "SELECT EXISTS (SELECT 1 FROM character_media WHERE blob = ?)"
-            " OR EXISTS (SELECT 1 FROM job_blobs WHERE blob = ?)",
-            (blob, blob),
-        )
+        row = await self.fetchone(BLOB_IN_USE_SQL, (blob, blob))
         return bool(row and row[0])
+
+    async def notify(self, payload: str) -> None:
+        """One process per SQLite database: a notification goes to this process's listeners."""
+        for queue in self._listeners:
+            queue.put_nowait(payload)
+
+    async def listen(self) -> AsyncIterator[str]:
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        self._listeners.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._listeners.discard(queue)

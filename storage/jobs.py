@@ -11,14 +11,23 @@ renamed dataclass field fails loudly here instead of producing rows that no long
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from bot.models import Destination, Job, JobReference, JobSpec, JobState, MediaKind, OpenJob
+from bot.errors import LeaseLost
+from bot.models import (
+    Claim,
+    Destination,
+    Job,
+    JobReference,
+    JobSpec,
+    JobState,
+    MediaKind,
+    OpenJob,
+)
 from bot.quotas import Usage
-from storage.db import UNFINISHED_CONDITION, Database
+from storage.sql import UNFINISHED_CONDITION, Row, SqlDatabase, Tx
 
 #: Job fields ``move`` and ``update`` may set, as named on ``Job``/``Destination`` and in the
 #: table alike. ``state`` changes through ``move`` only; ids, spec and creation time never change.
@@ -39,7 +48,19 @@ UPDATABLE_FIELDS = frozenset(
         "poll_count",
         "thread_id",
         "status_message_id",
+        "submit_attempts",
+        "delivery_attempts",
     }
+)
+
+#: The advisory lock that serialises admission (the counting of open jobs) on PostgreSQL;
+#: SQLite's ``BEGIN IMMEDIATE`` already serialises every write transaction.
+ADMISSION_LOCK = 7_202_611_002
+
+#: A job that holds a slot: started at a provider, or queued but taken by a live instance.
+_ACTIVE = (
+    "(state IN ('submitted', 'running', 'delivering')"
+    " OR (state = 'queued' AND lease_owner IS NOT NULL AND lease_expires >= ?))"
 )
 
 _INSERT_COLUMNS = (
@@ -69,6 +90,8 @@ _INSERT_COLUMNS = (
     "finished_at",
     "next_poll_at",
     "poll_count",
+    "submit_attempts",
+    "delivery_attempts",
 )
 
 Event = tuple[float, str | None, str, str]
@@ -130,7 +153,7 @@ def spec_from_dict(data: Mapping[str, Any]) -> JobSpec:
     )
 
 
-def _job_from_row(row: sqlite3.Row) -> Job:
+def _job_from_row(row: Row) -> Job:
     return Job(
         id=row["id"],
         server_id=row["server_id"],
@@ -160,6 +183,8 @@ def _job_from_row(row: sqlite3.Row) -> Job:
         next_poll_at=row["next_poll_at"],
         poll_count=row["poll_count"],
         cost_estimate=row["cost_estimate"],
+        submit_attempts=row["submit_attempts"],
+        delivery_attempts=row["delivery_attempts"],
     )
 
 
@@ -193,6 +218,8 @@ def _job_values(job: Job) -> tuple[object, ...]:
         job.finished_at,
         job.next_poll_at,
         job.poll_count,
+        job.submit_attempts,
+        job.delivery_attempts,
     )
 
 
@@ -207,14 +234,26 @@ def _checked_fields(fields: Mapping[str, object]) -> dict[str, object]:
 
 
 def _assignments(values: Mapping[str, object]) -> str:
+    # lease_owner/lease_expires are set here by the store itself, never by callers.
     # Column names come from UPDATABLE_FIELDS or this module, never from outside.
     return ", ".join(f"{column} = ?" for column in values)
 
 
-class SqliteJobStore:
-    """``JobStore`` over the bot's database. A job's server must exist (``ensure_server``)."""
+def _open_job(row: Row) -> OpenJob:
+    return OpenJob(
+        row["id"], row["server_id"], row["user_id"], JobState(row["state"]), row["platform"]
+    )
 
-    def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
+
+class SqlJobStore:
+    """``JobStore`` over SQLite or PostgreSQL. A job's server must exist (``ensure_server``).
+
+    Leases: an instance drives a job only while it holds the job's lease (``lease_owner``,
+    ``lease_expires``). Writes given ``lease=`` are fenced: they change nothing and raise
+    ``LeaseLost`` unless that instance still holds an unexpired lease on the job.
+    """
+
+    def __init__(self, db: SqlDatabase, *, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._clock = clock
 
@@ -226,7 +265,8 @@ class SqliteJobStore:
         placeholders = ", ".join("?" for _ in _INSERT_COLUMNS)
         async with self._db.transaction() as tx:
             await tx.execute(
-                "INSERT OR IGNORE INTO servers (id, platform, created_at) VALUES (?, ?, ?)",
+                "INSERT INTO servers (id, platform, created_at) VALUES (?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
                 (job.server_id, job.destination.platform, job.created_at),
             )
             await tx.execute(
@@ -238,34 +278,55 @@ class SqliteJobStore:
                 (job.id, job.created_at, job.state.value),
             )
             await tx.executemany(
-                "INSERT OR IGNORE INTO job_blobs (job_id, blob, role) VALUES (?, ?, 'reference')",
-                [(job.id, blob) for blob in blobs],
+                "INSERT INTO job_blobs (job_id, blob, role) VALUES (?, ?, 'reference')"
+                " ON CONFLICT DO NOTHING",
+                [(job.id, blob) for blob in dict.fromkeys(blobs)],
             )
 
     async def get(self, job_id: str) -> Job | None:
         row = await self._db.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _job_from_row(row) if row else None
 
+    async def _locked(self, tx: Tx, job_id: str, lease: str | None, now: float) -> Row | None:
+        """The job's row, locked for this transaction; fenced when ``lease`` is given."""
+        row = await tx.fetchone(
+            "SELECT state, lease_owner, lease_expires FROM jobs WHERE id = ? FOR UPDATE",
+            (job_id,),
+        )
+        if row is not None and lease is not None:
+            expires = row["lease_expires"]
+            if row["lease_owner"] != lease or expires is None or expires < now:
+                raise LeaseLost(f"this instance no longer holds job {job_id}")
+        return row
+
     async def move(
-        self, job_id: str, new: JobState, *, detail: str = "", **fields: object
+        self,
+        job_id: str,
+        new: JobState,
+        *,
+        detail: str = "",
+        lease: str | None = None,
+        **fields: object,
     ) -> Job | None:
         """Move a job forward, set ``fields`` and record the event, in one transaction.
 
         Answers the updated job, or ``None`` (changing nothing) when the job is unknown or the
         move is not forward from its stored state. ``finished_at`` is set on reaching a final
-        state and ``submitted_at`` on reaching ``submitted``, unless ``fields`` give them.
+        state (which also ends the lease) and ``submitted_at`` on reaching ``submitted``,
+        unless ``fields`` give them.
         """
         values = _checked_fields(fields)
         async with self._db.transaction() as tx:
-            row = await tx.fetchone("SELECT state FROM jobs WHERE id = ?", (job_id,))
+            now = self._clock()
+            row = await self._locked(tx, job_id, lease, now)
             if row is None:
                 return None
             old = JobState(row["state"])
             if not old.can_move_to(new):
                 return None
-            now = self._clock()
             if new.is_final:
                 values.setdefault("finished_at", now)
+                values.update(lease_owner=None, lease_expires=None)
             if new is JobState.SUBMITTED:
                 values.setdefault("submitted_at", now)
             values.update(state=new.value, updated_at=now)
@@ -280,35 +341,152 @@ class SqliteJobStore:
             updated = await tx.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _job_from_row(updated) if updated else None
 
-    async def update(self, job_id: str, **fields: object) -> Job:
+    async def update(self, job_id: str, *, lease: str | None = None, **fields: object) -> Job:
         """Set fields other than the state (progress, poll schedule, task and message ids…)."""
         values = _checked_fields(fields)
-        values["updated_at"] = self._clock()
         async with self._db.transaction() as tx:
-            outcome = await tx.execute(
+            now = self._clock()
+            if await self._locked(tx, job_id, lease, now) is None:
+                raise LookupError(f"no job with id {job_id}")
+            values["updated_at"] = now
+            await tx.execute(
                 f"UPDATE jobs SET {_assignments(values)} WHERE id = ?", (*values.values(), job_id)
             )
-            if outcome.rowcount == 0:
-                raise LookupError(f"no job with id {job_id}")
             row = await tx.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
         if row is None:
             raise LookupError(f"no job with id {job_id}")
         return _job_from_row(row)
 
+    # -- leases ------------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        owner: str,
+        lease_seconds: float,
+        *,
+        platforms: Sequence[str],
+        user_open_jobs: int,
+        server_open_jobs: int,
+    ) -> Claim:
+        """Take the lease of every unfinished job of ``platforms`` that nobody holds (or whose
+        holder let it expire) and that may run: started jobs always (a take-over), queued ones
+        while their user and server are under the open-job limits, in order of creation.
+
+        The counting happens here, in the transaction that takes the leases, so the limits
+        hold across every instance."""
+        if not platforms:
+            return Claim((), ())
+        marks = ", ".join("?" for _ in platforms)
+        async with self._db.transaction() as tx:
+            now = self._clock()
+            if self._db.dialect == "postgresql":
+                await tx.execute("SELECT pg_advisory_xact_lock(?)", (ADMISSION_LOCK,))
+            counts = await tx.fetchall(
+                f"SELECT server_id, user_id, COUNT(*) AS n FROM jobs WHERE {_ACTIVE}"
+                " GROUP BY server_id, user_id",
+                (now,),
+            )
+            per_user = {(r["server_id"], r["user_id"]): int(r["n"]) for r in counts}
+            per_server: dict[str, int] = {}
+            for (server, _), n in per_user.items():
+                per_server[server] = per_server.get(server, 0) + n
+            rows = await tx.fetchall(
+                "SELECT id, server_id, user_id, state, platform, lease_owner FROM jobs"
+                f" WHERE {UNFINISHED_CONDITION} AND platform IN ({marks})"
+                " AND (lease_owner IS NULL OR lease_expires < ? OR lease_owner = ?)"
+                " ORDER BY created_at, id FOR UPDATE SKIP LOCKED",
+                (*platforms, now, owner),
+            )
+            taken: list[OpenJob] = []
+            waiting: list[OpenJob] = []
+            for row in rows:
+                job = _open_job(row)
+                # Started jobs are taken over whatever the limits; so are queued jobs this
+                # owner already holds (it restarted under the same id): they hold a slot.
+                if job.state is not JobState.QUEUED or row["lease_owner"] == owner:
+                    taken.append(job)
+                    continue
+                user = (job.server_id, job.user_id)
+                if (
+                    per_user.get(user, 0) < user_open_jobs
+                    and per_server.get(job.server_id, 0) < server_open_jobs
+                ):
+                    per_user[user] = per_user.get(user, 0) + 1
+                    per_server[job.server_id] = per_server.get(job.server_id, 0) + 1
+                    taken.append(job)
+                else:
+                    waiting.append(job)
+            await tx.executemany(
+                "UPDATE jobs SET lease_owner = ?, lease_expires = ? WHERE id = ?",
+                [(owner, now + lease_seconds, job.id) for job in taken],
+            )
+        return Claim(tuple(taken), tuple(waiting))
+
+    async def renew(self, owner: str, lease_seconds: float) -> set[str]:
+        """Extend every unexpired lease ``owner`` holds; answers the ids it still holds."""
+        async with self._db.transaction() as tx:
+            now = self._clock()
+            rows = await tx.fetchall(
+                "UPDATE jobs SET lease_expires = ? WHERE lease_owner = ? AND lease_expires >= ?"
+                f" AND {UNFINISHED_CONDITION} RETURNING id",
+                (now + lease_seconds, owner, now),
+            )
+        return {row["id"] for row in rows}
+
+    async def release(self, owner: str, job_ids: Sequence[str] | None = None) -> int:
+        """Give up ``owner``'s leases (all, or those of ``job_ids``) so another instance takes
+        the jobs over at once; answers how many were released."""
+        sql = "UPDATE jobs SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner = ?"
+        params: list[object] = [owner]
+        if job_ids is not None:
+            if not job_ids:
+                return 0
+            sql += f" AND id IN ({', '.join('?' for _ in job_ids)})"
+            params += job_ids
+        outcome = await self._db.execute(sql, params)
+        return outcome.rowcount
+
+    async def forget_leases(self) -> int:
+        """Drop every lease. Only for a database one process uses (SQLite, whose data folder
+        is locked to one process): at its start, any lease left is a dead process's."""
+        outcome = await self._db.execute(
+            "UPDATE jobs SET lease_owner = NULL, lease_expires = NULL"
+            " WHERE lease_owner IS NOT NULL"
+        )
+        return outcome.rowcount
+
+    async def waiting(self, server_id: str) -> Sequence[str]:
+        """The server's queued jobs that no live instance has taken, oldest first."""
+        rows = await self._db.fetchall(
+            "SELECT id FROM jobs WHERE server_id = ? AND state = 'queued'"
+            " AND (lease_owner IS NULL OR lease_expires < ?) ORDER BY created_at, id",
+            (server_id, self._clock()),
+        )
+        return [row["id"] for row in rows]
+
+    async def active_count(self, server_id: str, user_id: str) -> tuple[int, int]:
+        """How many slots the user and the whole server hold now (see ``claim``)."""
+        row = await self._db.fetchone(
+            "SELECT COUNT(*) AS server_n,"
+            " COALESCE(SUM(CASE WHEN user_id = ? THEN 1 ELSE 0 END), 0) AS user_n"
+            f" FROM jobs WHERE server_id = ? AND {_ACTIVE}",
+            (user_id, server_id, self._clock()),
+        )
+        return (int(row["user_n"]), int(row["server_n"])) if row else (0, 0)
+
+    # -- reading -----------------------------------------------------------------------------
+
     async def open_jobs(self) -> Sequence[OpenJob]:
         rows = await self._db.fetchall(
             "SELECT id, server_id, user_id, state, platform FROM jobs"
-            f" WHERE {UNFINISHED_CONDITION} ORDER BY created_at, rowid"
+            f" WHERE {UNFINISHED_CONDITION} ORDER BY created_at, id"
         )
-        return [
-            OpenJob(r["id"], r["server_id"], r["user_id"], JobState(r["state"]), r["platform"])
-            for r in rows
-        ]
+        return [_open_job(r) for r in rows]
 
     async def unfinished(self) -> Sequence[Job]:
-        """Jobs not in a final state, oldest first: what to resume after a restart."""
+        """Jobs not in a final state, oldest first."""
         rows = await self._db.fetchall(
-            f"SELECT * FROM jobs WHERE {UNFINISHED_CONDITION} ORDER BY created_at, rowid"
+            f"SELECT * FROM jobs WHERE {UNFINISHED_CONDITION} ORDER BY created_at, id"
         )
         return [_job_from_row(row) for row in rows]
 
@@ -316,7 +494,7 @@ class SqliteJobStore:
         """The user's latest jobs in the server, newest first."""
         rows = await self._db.fetchall(
             "SELECT * FROM jobs WHERE server_id = ? AND user_id = ?"
-            " ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            " ORDER BY created_at DESC, id DESC LIMIT ?",
             (server_id, user_id, limit),
         )
         return [_job_from_row(row) for row in rows]
@@ -339,7 +517,7 @@ class SqliteJobStore:
     async def add_blob(self, job_id: str, blob: str, role: str) -> None:
         """Record that the job holds on to a blob (e.g. its ``result``); repeats are ignored."""
         await self._db.execute(
-            "INSERT OR IGNORE INTO job_blobs (job_id, blob, role) VALUES (?, ?, ?)",
+            "INSERT INTO job_blobs (job_id, blob, role) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
             (job_id, blob, role),
         )
 

@@ -7,11 +7,11 @@ import time
 from collections.abc import Callable
 
 from bot.quotas import ServerSettings
-from storage.db import Database
+from storage.sql import SqlDatabase
 
 
-class SqliteServerStore:
-    def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
+class SqlServerStore:
+    def __init__(self, db: SqlDatabase, *, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._clock = clock
 
@@ -22,7 +22,8 @@ class SqliteServerStore:
     async def save_settings(self, server_id: str, platform: str, value: ServerSettings) -> None:
         async with self._db.transaction() as tx:
             await tx.execute(
-                "INSERT OR IGNORE INTO servers (id, platform, created_at) VALUES (?, ?, ?)",
+                "INSERT INTO servers (id, platform, created_at) VALUES (?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
                 (server_id, platform, self._clock()),
             )
             await tx.execute(

@@ -15,7 +15,7 @@ from bot.models import Actor, Destination, JobReference, JobSpec, JobState, Medi
 from bot.ports import TaskState
 from storage.blobs import FileBlobStore
 from storage.db import Database
-from storage.jobs import SqliteJobStore
+from storage.jobs import SqlJobStore
 from tests.fakes.scripted import GOOD_SIGNATURE, SIGNATURE_HEADER, RecordingChat, ScriptedProvider
 from tests.media_factory import make_image, make_video
 
@@ -26,7 +26,7 @@ class Bot:
     def __init__(
         self,
         engine: JobEngine,
-        store: SqliteJobStore,
+        store: SqlJobStore,
         provider: ScriptedProvider,
         client: httpx.AsyncClient,
         chat: RecordingChat,
@@ -66,7 +66,7 @@ async def bot(tmp_path: Path) -> AsyncIterator[tuple[Bot, str]]:
     db = await Database.open(tmp_path / "db.sqlite3")
     blobs = FileBlobStore(tmp_path / "blobs", db.blob_in_use)
     reference = await blobs.put_file(make_image(tmp_path / "a.png"))
-    store = SqliteJobStore(db)
+    store = SqlJobStore(db)
     provider = ScriptedProvider(make_video(tmp_path / "out.mp4", seconds=1.0))
     chat = RecordingChat()
     engine = JobEngine(
@@ -74,6 +74,7 @@ async def bot(tmp_path: Path) -> AsyncIterator[tuple[Bot, str]]:
         blobs,
         {"scripted": provider},
         {"console": chat},
+        secret=b"test-secret",
         limits=EngineLimits(poll_initial_seconds=30, poll_max_seconds=30),
         webhook_base=lambda p: "http://unused",
     )

@@ -16,7 +16,7 @@ from bot.models import Actor, Destination, Job, JobReference, JobSpec, JobState,
 from bot.ports import LabelStyle, TaskState
 from storage.blobs import FileBlobStore
 from storage.db import Database
-from storage.jobs import SqliteJobStore
+from storage.jobs import SqlJobStore
 from tests.fakes.scripted import GOOD_SIGNATURE, SIGNATURE_HEADER, RecordingChat, ScriptedProvider
 from tests.harness import until
 from tests.media_factory import make_image, make_video
@@ -26,12 +26,14 @@ BOB = Actor(platform="console", server_id="s1", user_id="bob")
 ADMIN = Actor(platform="console", server_id="s1", user_id="root", is_admin=True)
 FAST = EngineLimits(poll_initial_seconds=0.02, poll_max_seconds=0.05)
 
+TEST_SECRET = b"test-secret"
+
 
 @dataclass
 class World:
     tmp: Path
     db: Database
-    store: SqliteJobStore
+    store: SqlJobStore
     blobs: FileBlobStore
     provider: ScriptedProvider
     chat: RecordingChat
@@ -44,6 +46,7 @@ class World:
             self.blobs,
             {"scripted": self.provider},
             {"console": self.chat},
+            secret=TEST_SECRET,
             limits=limits,
             webhook_base=lambda provider: "http://bot.test",
         )
@@ -84,7 +87,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     w = World(
         tmp_path,
         db,
-        SqliteJobStore(db),
+        SqlJobStore(db),
         blobs,
         ScriptedProvider(video),
         RecordingChat(),
@@ -104,6 +107,7 @@ async def failing_over(world: World, backup: ScriptedProvider, **spec: Any) -> J
         world.blobs,
         {"scripted": world.provider, "backup": backup},
         {"console": world.chat},
+        secret=TEST_SECRET,
         limits=FAST,
     )
     world.engines.append(engine)

@@ -12,7 +12,7 @@ from bot.errors import Refusal
 from bot.models import Actor, MediaKind, Visibility
 from bot.roster import Roster
 from storage.blobs import FileBlobStore
-from storage.characters import SqliteCharacterStore
+from storage.characters import SqlCharacterStore
 from storage.db import Database
 from tests.media_factory import local_file, make_image, make_video, make_wav
 
@@ -43,7 +43,7 @@ class Setup:
 async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     db = await Database.open(tmp_path / "db.sqlite3")
     blobs = FileBlobStore(tmp_path / "blobs", db.blob_in_use)
-    roster = Roster(SqliteCharacterStore(db), blobs, tmp_path / "work", max_per_server=3)
+    roster = Roster(SqlCharacterStore(db), blobs, tmp_path / "work", max_per_server=3)
     yield Setup(roster, tmp_path, blobs)
     await db.close()
 
@@ -201,7 +201,7 @@ async def test_the_last_picture_cannot_be_removed(setup: Setup) -> None:
 
 async def test_pages_of_ten_by_name(setup: Setup, tmp_path: Path) -> None:
     db = await Database.open(tmp_path / "big.sqlite3")
-    roster = Roster(SqliteCharacterStore(db), setup.blobs, tmp_path / "work")
+    roster = Roster(SqlCharacterStore(db), setup.blobs, tmp_path / "work")
     image = setup.image()
     for i in range(23):
         await roster.create(OWNER, f"c{i:02d}", [(MediaKind.IMAGE, local_file(image))])

@@ -51,8 +51,9 @@ class Console:
             }
         )
         environment.update(env or {})
+        command = list(args) if args and args[0] == "run" else ["console", "--json", *args]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bot", "console", "--json", *args],
+            [sys.executable, "-m", "bot", *command],
             cwd=workdir,
             env=environment,
             stdin=subprocess.PIPE,
@@ -70,6 +71,16 @@ class Console:
             assert self.process.stdin is not None
             self.process.stdin.write(script)
             self.process.stdin.close()
+
+    def send(self, line: str) -> None:
+        """Type one more command (stdin stays open until ``close_input``)."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.rstrip("\n") + "\n")
+        self.process.stdin.flush()
+
+    def close_input(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
 
     def _read(self) -> None:
         assert self.process.stdout is not None

@@ -75,7 +75,7 @@ def test_doctor_checks_the_set_up(tmp_path: Path) -> None:
     result = r2v(tmp_path, "doctor")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "✓ PyAV encodes H.264" in result.stdout
-    assert "database" in result.stdout and "schema version 1" in result.stdout
+    assert "database" in result.stdout and "schema version" in result.stdout
     assert "All good." in result.stdout
     blocked = tmp_path / "file-not-folder"
     blocked.write_text("")
@@ -94,3 +94,19 @@ def test_run_without_tokens_is_the_console(tmp_path: Path) -> None:
 def test_version(tmp_path: Path) -> None:
     result = r2v(tmp_path, "version")
     assert result.returncode == 0 and result.stdout.startswith("r2v-bot ")
+
+
+def test_a_second_process_on_one_sqlite_folder_refuses_to_start(tmp_path: Path) -> None:
+    from tests.e2e.console import Console
+
+    first = Console(tmp_path, "--user", "one")
+    try:
+        first.send("/character list")
+        first.wait_for(timeout=60.0, type="reply")
+        second = Console(tmp_path, "--user", "two", script="/character list\n")
+        assert second.finish(timeout=60.0) == 2
+        assert "Another r2v-bot (pid" in second.stderr
+        assert str(tmp_path / "data") in second.stderr
+    finally:
+        first.close_input()
+        assert first.finish(timeout=60.0) == 0

@@ -23,9 +23,9 @@ from bot.models import (
 )
 from bot.ports import BlobStore, BlobWriter
 from storage.blobs import BlobTooLarge, FileBlobStore
-from storage.characters import SqliteCharacterStore
+from storage.characters import SqlCharacterStore
 from storage.db import Database
-from storage.jobs import SqliteJobStore
+from storage.jobs import SqlJobStore
 
 
 class References:
@@ -228,8 +228,8 @@ async def test_discard_keeps_blobs_another_character_or_a_job_still_uses(
     db: Database, tmp_path: Path
 ) -> None:
     store = FileBlobStore(tmp_path / "blobs", db.blob_in_use)
-    characters = SqliteCharacterStore(db)
-    jobs = SqliteJobStore(db)
+    characters = SqlCharacterStore(db)
+    jobs = SqlJobStore(db)
     await characters.ensure_server("console:x", "console")
     shared = await store.put_file(write(tmp_path / "face.png", b"a shared face"))
     result = await store.put_file(write(tmp_path / "out.mp4", b"a job's result"))

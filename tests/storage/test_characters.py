@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
+import asyncpg
 import pytest
 
 from bot.errors import Refusal
 from bot.models import CharacterMedia, MediaInfo, MediaKind, Visibility
 from bot.ports import CharacterStore
-from storage.characters import SqliteCharacterStore
-from storage.db import Database
+from storage.characters import SqlCharacterStore
+from storage.sql import SqlDatabase
 
 SERVER = "discord:1"
 OTHER_SERVER = "slack:T2"
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "r2v.sqlite3")
-    yield database
-    await database.close()
+def db(database: SqlDatabase) -> SqlDatabase:
+    return database
 
 
 def ticking() -> Callable[[], float]:
@@ -33,8 +31,8 @@ def ticking() -> Callable[[], float]:
 
 
 @pytest.fixture
-async def store(db: Database) -> SqliteCharacterStore:
-    characters = SqliteCharacterStore(db, clock=ticking())
+async def store(db: SqlDatabase) -> SqlCharacterStore:
+    characters = SqlCharacterStore(db, clock=ticking())
     await characters.ensure_server(SERVER, "discord")
     await characters.ensure_server(OTHER_SERVER, "slack")
     return characters
@@ -60,18 +58,18 @@ def blob(n: int) -> str:
     return f"{n:064x}"
 
 
-async def updated_at(db: Database, character_id: int) -> float:
+async def updated_at(db: SqlDatabase, character_id: int) -> float:
     row = await db.fetchone("SELECT updated_at FROM characters WHERE id = ?", (character_id,))
     assert row is not None
     return float(row[0])
 
 
-def test_the_store_fits_the_port(db: Database) -> None:
-    port: CharacterStore = SqliteCharacterStore(db)
+def test_the_store_fits_the_port(db: SqlDatabase) -> None:
+    port: CharacterStore = SqlCharacterStore(db)
     assert port is not None
 
 
-async def test_a_created_character_is_found_by_any_case(store: SqliteCharacterStore) -> None:
+async def test_a_created_character_is_found_by_any_case(store: SqlCharacterStore) -> None:
     media = [voice(blob(3)), image(blob(1)), video(blob(2))]
     created = await store.create(SERVER, "Alice", "u1", "a pilot", Visibility.PRIVATE, media)
 
@@ -90,7 +88,7 @@ async def test_a_created_character_is_found_by_any_case(store: SqliteCharacterSt
 
 
 async def test_a_name_taken_in_another_case_is_refused_and_nothing_stored(
-    db: Database, store: SqliteCharacterStore
+    db: SqlDatabase, store: SqlCharacterStore
 ) -> None:
     await store.create(SERVER, "Alice", "u1", "", Visibility.PUBLIC, [image(blob(1))])
 
@@ -103,7 +101,7 @@ async def test_a_name_taken_in_another_case_is_refused_and_nothing_stored(
     assert not await db.blob_in_use(blob(2))
 
 
-async def test_two_servers_have_their_own_names(store: SqliteCharacterStore) -> None:
+async def test_two_servers_have_their_own_names(store: SqlCharacterStore) -> None:
     here = await store.create(SERVER, "alice", "u1", "", Visibility.PUBLIC, [image(blob(1))])
     there = await store.create(OTHER_SERVER, "Alice", "u9", "", Visibility.PUBLIC, [image(blob(2))])
 
@@ -117,7 +115,7 @@ async def test_two_servers_have_their_own_names(store: SqliteCharacterStore) -> 
 
 
 async def test_list_is_by_name_with_media_and_can_filter_by_owner(
-    store: SqliteCharacterStore,
+    store: SqlCharacterStore,
 ) -> None:
     await store.create(
         SERVER, "carol", "u1", "", Visibility.PUBLIC, [image(blob(3)), voice(blob(4))]
@@ -137,7 +135,7 @@ async def test_list_is_by_name_with_media_and_can_filter_by_owner(
 
 
 async def test_rename_refuses_another_characters_name_in_any_case(
-    store: SqliteCharacterStore,
+    store: SqlCharacterStore,
 ) -> None:
     await store.create(SERVER, "Alice", "u1", "", Visibility.PUBLIC, [])
     bob = await store.create(SERVER, "bob", "u2", "", Visibility.PUBLIC, [])
@@ -152,7 +150,7 @@ async def test_rename_refuses_another_characters_name_in_any_case(
 
 
 async def test_rename_to_another_case_of_its_own_name_is_allowed(
-    store: SqliteCharacterStore,
+    store: SqlCharacterStore,
 ) -> None:
     bob = await store.create(SERVER, "bob", "u2", "", Visibility.PUBLIC, [image(blob(1))])
 
@@ -166,7 +164,7 @@ async def test_rename_to_another_case_of_its_own_name_is_allowed(
     assert moved is not None and moved.media == renamed.media
 
 
-async def test_rename_in_one_server_ignores_names_of_another(store: SqliteCharacterStore) -> None:
+async def test_rename_in_one_server_ignores_names_of_another(store: SqlCharacterStore) -> None:
     await store.create(OTHER_SERVER, "alice", "u1", "", Visibility.PUBLIC, [])
     bob = await store.create(SERVER, "bob", "u1", "", Visibility.PUBLIC, [])
 
@@ -175,7 +173,7 @@ async def test_rename_in_one_server_ignores_names_of_another(store: SqliteCharac
     assert (await store.get(SERVER, "alice")) is not None
 
 
-async def test_media_is_appended_after_the_last_position(store: SqliteCharacterStore) -> None:
+async def test_media_is_appended_after_the_last_position(store: SqlCharacterStore) -> None:
     alice = await store.create(
         SERVER, "alice", "u1", "", Visibility.PUBLIC, [image(blob(1)), image(blob(2))]
     )
@@ -194,13 +192,13 @@ async def test_media_is_appended_after_the_last_position(store: SqliteCharacterS
 
 
 async def test_adding_media_to_a_missing_character_fails_loudly(
-    store: SqliteCharacterStore,
+    store: SqlCharacterStore,
 ) -> None:
     with pytest.raises(LookupError):
         await store.add_media(12345, image(blob(1)))
 
 
-async def test_every_change_bumps_updated_at(db: Database, store: SqliteCharacterStore) -> None:
+async def test_every_change_bumps_updated_at(db: SqlDatabase, store: SqlCharacterStore) -> None:
     alice = await store.create(SERVER, "alice", "u1", "", Visibility.PUBLIC, [image(blob(1))])
     stamps = [await updated_at(db, alice.id)]
 
@@ -217,7 +215,7 @@ async def test_every_change_bumps_updated_at(db: Database, store: SqliteCharacte
 
 
 async def test_delete_removes_the_character_and_its_media(
-    db: Database, store: SqliteCharacterStore
+    db: SqlDatabase, store: SqlCharacterStore
 ) -> None:
     alice = await store.create(SERVER, "alice", "u1", "", Visibility.PUBLIC, [image(blob(1))])
     await store.create(SERVER, "bob", "u1", "", Visibility.PUBLIC, [image(blob(2))])
@@ -232,9 +230,9 @@ async def test_delete_removes_the_character_and_its_media(
     await store.create(SERVER, "ALICE", "u2", "", Visibility.PUBLIC, [])
 
 
-async def test_ensure_server_is_idempotent_and_required(db: Database) -> None:
-    store = SqliteCharacterStore(db)
-    with pytest.raises(sqlite3.IntegrityError):
+async def test_ensure_server_is_idempotent_and_required(db: SqlDatabase) -> None:
+    store = SqlCharacterStore(db)
+    with pytest.raises((sqlite3.IntegrityError, asyncpg.ForeignKeyViolationError)):
         await store.create("console:new", "alice", "u1", "", Visibility.PUBLIC, [])
 
     await store.ensure_server("console:new", "console")

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from bot.models import Destination, Job, JobReference, JobSpec, JobState, MediaKind
 from bot.ports import JobStore
-from storage.characters import SqliteCharacterStore
-from storage.db import Database
-from storage.jobs import SqliteJobStore, spec_from_dict, spec_to_dict
+from storage.characters import SqlCharacterStore
+from storage.jobs import SqlJobStore, spec_from_dict, spec_to_dict
+from storage.sql import SqlDatabase
+from tests.storage.conftest import another_connection
 
 SERVER = "discord:1"
 
@@ -41,16 +41,14 @@ def ticking() -> Callable[[], float]:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "r2v.sqlite3")
-    await SqliteCharacterStore(database).ensure_server(SERVER, "discord")
-    yield database
-    await database.close()
+async def db(database: SqlDatabase) -> SqlDatabase:
+    await SqlCharacterStore(database).ensure_server(SERVER, "discord")
+    return database
 
 
 @pytest.fixture
-def store(db: Database) -> SqliteJobStore:
-    return SqliteJobStore(db, clock=ticking())
+def store(db: SqlDatabase) -> SqlJobStore:
+    return SqlJobStore(db, clock=ticking())
 
 
 def make_job(job_id: str = "j1", *, user: str = "u1", created: float = 100.0) -> Job:
@@ -98,7 +96,7 @@ def make_job(job_id: str = "j1", *, user: str = "u1", created: float = 100.0) ->
     )
 
 
-async def job_in(store: SqliteJobStore, state: JobState, job_id: str) -> Job:
+async def job_in(store: SqlJobStore, state: JobState, job_id: str) -> Job:
     await store.create(make_job(job_id), [])
     job = await store.get(job_id)
     for step in PATHS[state]:
@@ -107,8 +105,8 @@ async def job_in(store: SqliteJobStore, state: JobState, job_id: str) -> Job:
     return job
 
 
-def test_the_store_fits_the_port(db: Database) -> None:
-    port: JobStore = SqliteJobStore(db)
+def test_the_store_fits_the_port(db: SqlDatabase) -> None:
+    port: JobStore = SqlJobStore(db)
     assert port is not None
 
 
@@ -117,7 +115,7 @@ def test_a_spec_survives_its_dict_form() -> None:
     assert spec_from_dict(spec_to_dict(spec)) == spec
 
 
-async def test_a_created_job_reads_back_whole(db: Database, store: SqliteJobStore) -> None:
+async def test_a_created_job_reads_back_whole(db: SqlDatabase, store: SqlJobStore) -> None:
     job = make_job()
     await store.create(job, ["a" * 64, "c" * 64, "a" * 64])
 
@@ -128,13 +126,13 @@ async def test_a_created_job_reads_back_whole(db: Database, store: SqliteJobStor
     assert await store.get("nope") is None
 
 
-async def test_only_queued_jobs_can_be_created(store: SqliteJobStore) -> None:
+async def test_only_queued_jobs_can_be_created(store: SqlJobStore) -> None:
     with pytest.raises(ValueError):
         await store.create(replace(make_job(), state=JobState.RUNNING), [])
     assert await store.get("j1") is None
 
 
-async def test_a_job_moves_forward_and_every_move_is_recorded(store: SqliteJobStore) -> None:
+async def test_a_job_moves_forward_and_every_move_is_recorded(store: SqlJobStore) -> None:
     await store.create(make_job(), [])
 
     submitted = await store.move("j1", JobState.SUBMITTED, detail="sent", task_id="t-1")
@@ -167,7 +165,7 @@ async def test_a_job_moves_forward_and_every_move_is_recorded(store: SqliteJobSt
     assert times == sorted(times)
 
 
-async def test_a_failed_job_records_its_reason_and_finish(store: SqliteJobStore) -> None:
+async def test_a_failed_job_records_its_reason_and_finish(store: SqlJobStore) -> None:
     await store.create(make_job(), [])
     failed = await store.move("j1", JobState.FAILED, detail="refused", reason="the prompt")
 
@@ -179,7 +177,7 @@ async def test_a_failed_job_records_its_reason_and_finish(store: SqliteJobStore)
 
 @pytest.mark.parametrize("state", list(JobState))
 async def test_moves_that_are_not_forward_change_nothing(
-    store: SqliteJobStore, state: JobState
+    store: SqlJobStore, state: JobState
 ) -> None:
     job = await job_in(store, state, "j1")
     history = await store.events("j1")
@@ -193,11 +191,11 @@ async def test_moves_that_are_not_forward_change_nothing(
     assert await store.events("j1") == history
 
 
-async def test_moving_an_unknown_job_answers_none(store: SqliteJobStore) -> None:
+async def test_moving_an_unknown_job_answers_none(store: SqlJobStore) -> None:
     assert await store.move("ghost", JobState.SUBMITTED) is None
 
 
-async def test_unknown_fields_are_refused_before_anything_changes(store: SqliteJobStore) -> None:
+async def test_unknown_fields_are_refused_before_anything_changes(store: SqlJobStore) -> None:
     await store.create(make_job(), [])
 
     with pytest.raises(ValueError, match="colour"):
@@ -211,7 +209,7 @@ async def test_unknown_fields_are_refused_before_anything_changes(store: SqliteJ
     assert len(await store.events("j1")) == 1
 
 
-async def test_update_sets_fields_without_moving(store: SqliteJobStore) -> None:
+async def test_update_sets_fields_without_moving(store: SqlJobStore) -> None:
     await store.create(make_job(), [])
 
     job = await store.update(
@@ -229,7 +227,7 @@ async def test_update_sets_fields_without_moving(store: SqliteJobStore) -> None:
         await store.update("ghost", progress=1.0)
 
 
-async def test_unfinished_jobs_oldest_first(store: SqliteJobStore) -> None:
+async def test_unfinished_jobs_oldest_first(store: SqlJobStore) -> None:
     for job_id, created in [("late", 30.0), ("early", 10.0), ("middle", 20.0), ("done", 5.0)]:
         await store.create(make_job(job_id, created=created), [])
     await store.move("done", JobState.FAILED)
@@ -247,7 +245,7 @@ async def test_unfinished_jobs_oldest_first(store: SqliteJobStore) -> None:
     }
 
 
-async def test_recent_jobs_of_a_user_newest_first(store: SqliteJobStore) -> None:
+async def test_recent_jobs_of_a_user_newest_first(store: SqlJobStore) -> None:
     for n in range(4):
         await store.create(make_job(f"mine-{n}", created=float(n)), [])
     await store.create(make_job("theirs", user="u2", created=9.0), [])
@@ -258,7 +256,7 @@ async def test_recent_jobs_of_a_user_newest_first(store: SqliteJobStore) -> None
     assert await store.recent_for_user("discord:other", "u1", limit=3) == []
 
 
-async def test_add_blob_holds_on_to_a_result_once(db: Database, store: SqliteJobStore) -> None:
+async def test_add_blob_holds_on_to_a_result_once(db: SqlDatabase, store: SqlJobStore) -> None:
     await store.create(make_job(), [])
     result = "e" * 64
     assert not await db.blob_in_use(result)
@@ -271,7 +269,7 @@ async def test_add_blob_holds_on_to_a_result_once(db: Database, store: SqliteJob
     assert [row["role"] for row in rows] == ["result"]
 
 
-async def test_two_tasks_moving_one_job_at_once_have_one_winner(store: SqliteJobStore) -> None:
+async def test_two_tasks_moving_one_job_at_once_have_one_winner(store: SqlJobStore) -> None:
     await store.create(make_job(), [])
 
     outcomes = await asyncio.gather(
@@ -286,12 +284,12 @@ async def test_two_tasks_moving_one_job_at_once_have_one_winner(store: SqliteJob
 
 
 async def test_a_cancel_and_a_failure_racing_from_two_processes_have_one_winner(
-    db: Database, store: SqliteJobStore
+    db: SqlDatabase, store: SqlJobStore
 ) -> None:
     await store.create(make_job(), [])
-    other_process = await Database.open(db.path)
+    other_process = await another_connection(db)
     try:
-        elsewhere = SqliteJobStore(other_process)
+        elsewhere = SqlJobStore(other_process)
         outcomes = await asyncio.gather(
             store.move("j1", JobState.CANCELLED, detail="user"),
             elsewhere.move("j1", JobState.FAILED, detail="timeout"),

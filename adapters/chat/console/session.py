@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -15,6 +16,31 @@ from bot.errors import R2VError
 from bot.models import Actor, CommandRequest, Reply
 
 PROMPT = "r2v> "
+
+
+def _read_lines(stream: TextIO) -> asyncio.Queue[str]:
+    """Lines of ``stream`` as they come ("" at its end), read by a daemon thread: a blocked
+    read must not keep a stopping process (SIGTERM) from exiting, as an executor thread would."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str] = asyncio.Queue()
+
+    def read() -> None:
+        while True:
+            try:
+                line = stream.readline()
+            except (OSError, ValueError):
+                line = ""
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, line)
+            except RuntimeError:  # the loop has closed
+                return
+            if not line:
+                return
+
+    threading.Thread(target=read, name="console-input", daemon=True).start()
+    return queue
+
+
 BANNER = (
     "r2v console — type /help for the commands, Ctrl-D to quit.\n"
     'Try: /character create name:alice image:./alice.png, then /generate prompt:"@alice waves"'
@@ -47,7 +73,7 @@ async def run_console(
     wait: bool = True,
 ) -> None:
     """Run commands from ``stdin`` one after another; at its end wait for unfinished jobs."""
-    stream = stdin or sys.stdin
+    lines = _read_lines(stdin or sys.stdin)
     base = Path.cwd()
     if interactive:
         print(BANNER, file=sys.stderr)
@@ -55,7 +81,7 @@ async def run_console(
         if interactive:
             sys.stderr.write(PROMPT)
             sys.stderr.flush()
-        line = await asyncio.to_thread(stream.readline)
+        line = await lines.get()
         if not line:
             break
         text = line.strip()
