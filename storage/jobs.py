@@ -450,8 +450,7 @@ class SqlJobStore:
         """Drop every lease. Only for a database one process uses (SQLite, whose data folder
         is locked to one process): at its start, any lease left is a dead process's."""
         outcome = await self._db.execute(
-            "UPDATE jobs SET lease_owner = NULL, lease_expires = NULL"
-            " WHERE lease_owner IS NOT NULL"
+            "UPDATE jobs SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner IS NOT NULL"
         )
         return outcome.rowcount
 
