@@ -32,9 +32,10 @@ import logging
 import secrets
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from bot import fitting, media
 from bot.compose import relabel
@@ -209,6 +210,7 @@ class JobEngine:
         self._changed = asyncio.Event()
         self._closing = False
         self._background: list[asyncio.Task[None]] = []
+        self._notifying: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -457,7 +459,19 @@ class JobEngine:
         if job_id in self._drivers:
             self._wake(job_id)
         else:
-            await self._wakeups.notify(job_id)
+            # The answer goes back now; the owner (maybe on another instance) is woken after.
+            self._in_background(self._notify(job_id))
+
+    async def _notify(self, payload: str) -> None:
+        try:
+            await self._wakeups.notify(payload)
+        except Exception as exc:
+            log.warning("could not wake the owner of %s (it still polls): %s", payload, exc)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
 
     async def _check_legacy_token(self, provider: str, job_id: str, token: str) -> None:
         job = await self._store.get(job_id)
