@@ -19,6 +19,7 @@ import math
 import os
 import platform
 import re
+import secrets
 import sqlite3
 import sys
 import tempfile
@@ -64,6 +65,8 @@ from bot.ports import (
 from storage.blobs import FileBlobStore
 from storage.db import Database
 from storage.jobs import SqlJobStore
+from storage.postgres import PostgresDatabase
+from storage.sql import SqlDatabase
 from tests.media_factory import make_image, make_video
 
 #: Generated media is kept here between runs: making it costs more than some benchmarks.
@@ -400,6 +403,7 @@ async def bench_bot(
     reference: Path,
     serve_http: bool = False,
     folder: Path | None = None,
+    database_url: str | None = None,
 ) -> AsyncIterator[BenchBot]:
     """A bot wired as ``bot.app`` wires it, with ``BenchChat`` as its one chat platform.
 
@@ -409,8 +413,7 @@ async def bench_bot(
     """
     with tempfile.TemporaryDirectory(prefix="r2v-bench-", dir=folder) as name:
         root = Path(name)
-        db = await Database.open(root / "r2v.sqlite3")
-        try:
+        async with bench_database(root, database_url) as db:
             blobs = FileBlobStore(root / "blobs", db.blob_in_use)
             blob = await blobs.put_file(reference)
             store = SqlJobStore(db)
@@ -439,8 +442,37 @@ async def bench_bot(
                 await engine.close()
                 if http is not None:
                     await http.close()
+
+
+#: Where benchmarks find PostgreSQL (each run gets a schema of its own, dropped after).
+BENCH_DATABASE_URL = os.environ.get(
+    "R2V_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@asynccontextmanager
+async def bench_database(root: Path, url: str | None) -> AsyncIterator[SqlDatabase]:
+    """SQLite in ``root`` (``url`` None), or a fresh schema of the PostgreSQL at ``url``."""
+    if url is None:
+        db: SqlDatabase = await Database.open(root / "r2v.sqlite3")
+        try:
+            yield db
         finally:
             await db.close()
+        return
+    import asyncpg
+
+    schema = "bench_" + secrets.token_hex(4)
+    pg = await PostgresDatabase.open(url, schema=schema, min_size=2, max_size=10)
+    try:
+        yield pg
+    finally:
+        await pg.close()
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
 
 
 async def until(

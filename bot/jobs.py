@@ -210,7 +210,7 @@ class JobEngine:
         self._changed = asyncio.Event()
         self._closing = False
         self._background: list[asyncio.Task[None]] = []
-        self._notifying: set[asyncio.Task[None]] = set()
+        self._side_tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -265,7 +265,7 @@ class JobEngine:
                 await task
 
     async def _stop_drivers(self) -> None:
-        drivers = list(self._drivers.values())
+        drivers = [*self._drivers.values(), *self._side_tasks]
         for task in drivers:
             task.cancel()
         for task in drivers:
@@ -469,9 +469,10 @@ class JobEngine:
             log.warning("could not wake the owner of %s (it still polls): %s", payload, exc)
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` on its own; ``close`` and ``drain`` stop what is left of it."""
         task = asyncio.create_task(work)
-        self._notifying.add(task)
-        task.add_done_callback(self._notifying.discard)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     async def _check_legacy_token(self, provider: str, job_id: str, token: str) -> None:
         job = await self._store.get(job_id)
@@ -593,7 +594,7 @@ class JobEngine:
 
     def _schedule_pump(self) -> None:
         if not self._closing:
-            asyncio.create_task(self._pump_quietly(), name="job-pump")  # noqa: RUF006
+            self._in_background(self._pump_quietly())
 
     async def _pump_quietly(self) -> None:
         try:
