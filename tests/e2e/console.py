@@ -106,6 +106,15 @@ class Console:
         self.events.append(event)
         return event
 
+    def read_available(self) -> None:
+        """Take in every line printed so far, without waiting for more."""
+        while True:
+            try:
+                if self._take(0.0) is None:
+                    return
+            except queue.Empty:
+                return
+
     def wait_for(self, timeout: float = 60.0, **match: Any) -> dict[str, Any]:
         """Read events until one has all the ``match`` fields; fail after ``timeout``."""
         deadline = time.monotonic() + timeout
