@@ -10,6 +10,7 @@ the job fails with a reason instead. A connection that was never made is safe to
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -269,14 +270,42 @@ class Api:
         return env_name(field_name) if field_name else "its key"
 
 
+#: The (provider, status) pairs already logged as unknown: each is logged once, not every poll.
+_UNKNOWN_LOGGED: set[tuple[str, str]] = set()
+
+
 def map_state(provider: str, raw: object, table: Mapping[str, TaskState]) -> TaskState:
-    """A provider's status word (or number) as one of our task states; unknown → pending."""
+    """A provider's status word (or number) as one of our task states.
+
+    An unknown one is logged once with its raw value and treated as pending: the job keeps
+    polling until its timeout, whose reason then names the last status seen (``TaskStatus.raw``).
+    """
     key = str(raw).strip().lower()
     state = table.get(key)
     if state is None:
-        log.warning("%s: unknown task status %r, treated as pending", provider, raw)
+        if (provider, key) not in _UNKNOWN_LOGGED:
+            _UNKNOWN_LOGGED.add((provider, key))
+            log.warning("%s: unknown task status %r, treated as pending", provider, raw)
         return TaskState.PENDING
     return state
+
+
+def task_id_with_urls(request_id: str, urls: Mapping[str, str]) -> str:
+    """A task id that keeps the URLs a submit answered (status, result…): only the task id is
+    stored with a job, and these providers ask that their URLs be used as given."""
+    return json.dumps({"id": request_id, **urls}, separators=(",", ":"))
+
+
+def urls_in_task_id(task_id: str) -> tuple[str, dict[str, str]]:
+    """The request id and the URLs ``task_id_with_urls`` kept (none for a bare request id)."""
+    try:
+        data: Any = json.loads(task_id)
+    except ValueError:
+        return task_id, {}
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+        return task_id, {}
+    urls = {k: v for k, v in data.items() if k != "id" and isinstance(v, str) and v}
+    return data["id"], urls
 
 
 @dataclass

@@ -168,7 +168,7 @@ class DashScopeProvider(HostedProvider):
             )
         if state is TaskState.FAILED:
             return TaskStatus(TaskState.FAILED, error=self._failure(str(raw), output))
-        return TaskStatus(state)
+        return TaskStatus(state, raw=str(raw))
 
     async def cancel(self, task_id: str) -> bool:
         """DashScope cancels only tasks still waiting (PENDING); others answer an error."""
