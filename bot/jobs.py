@@ -451,7 +451,9 @@ class JobEngine:
                     # charged (the job ends without a task id, which usage leaves out).
                     self._rejected_keys[name] = exc.message
                     self._metrics.key_rejected(name)
-                    return await self._fail(job.id, exc.message)
+                    return await self._fail(
+                        job.id, f"{exc.message} This video was not made and is not charged."
+                    )
                 if exc.retryable:
                     errors.append(exc.message)
                     continue
@@ -549,6 +551,9 @@ class JobEngine:
         try:
             status = await provider.status(job.task_id)
         except ProviderError as exc:
+            if exc.auth:
+                self._rejected_keys[job.provider] = exc.message
+                self._metrics.key_rejected(job.provider)
             if not exc.retryable:
                 return await self._fail(job.id, exc.message)
             log.info("job %s: status look-up failed, will retry: %s", job.id, exc)

@@ -55,6 +55,20 @@ _CONTENT_WORDS = (
 )
 
 
+#: How each provider is named in what people read ("SEGMIND_API_KEY is rejected by Segmind").
+PROVIDER_TITLES: Mapping[str, str] = {
+    "dashscope": "DashScope",
+    "wavespeed": "WaveSpeed",
+    "freepik": "Freepik",
+    "fal": "fal",
+    "replicate": "Replicate",
+    "inference": "inference.sh",
+    "segmind": "Segmind",
+    "together": "Together AI",
+    "atlascloud": "AtlasCloud",
+}
+
+
 @dataclass(frozen=True)
 class ProviderContext:
     """What the composition root hands every provider client."""
@@ -136,8 +150,11 @@ class Api:
         attempts: int = 3,
         backoff: float = 0.5,
         max_wait: float = 20.0,
+        key_hint: Callable[[], str] | None = None,
     ) -> None:
+        """``key_hint`` adds what to check when the key is rejected (DashScope: its region)."""
         self.provider = provider
+        self._key_hint = key_hint
         self._context = context
         self.client = context.client
         self.base_url = base_url
@@ -239,10 +256,12 @@ class Api:
         status = response.status_code
         detail = error_message(response)
         if status in (401, 403):
+            title = PROVIDER_TITLES.get(self.provider, self.provider)
+            hint = f" {self._key_hint()}" if self._key_hint else ""
             return ProviderError(
-                f"{self.provider} refused the bot's key (HTTP {status}: {detail}). A server admin "
-                f"or the bot's operator must check {self._key_env()}.",
-                code="provider_auth",
+                f"{self._key_env()} is rejected by {title} (HTTP {status}: {detail}).{hint} "
+                "The bot's operator must fix the key and restart the bot.",
+                code="configuration_error",
                 auth=True,
             )
         if status == 429:
