@@ -212,7 +212,7 @@ class Api:
             if (status == 429 or status >= 500) and attempt < self._attempts:
                 await self._wait(attempt, response.headers.get("retry-after"))
                 continue
-            raise self.failure(response)
+            raise self.failure(response, keyed=not bare)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def json(self, method: str, path_or_url: str, **kwargs: Any) -> Any:
@@ -251,11 +251,14 @@ class Api:
             retryable=True,
         )
 
-    def failure(self, response: httpx.Response) -> ProviderError:
-        """A ``ProviderError`` for an answer that is not a success, sorted by what it means."""
+    def failure(self, response: httpx.Response, *, keyed: bool = True) -> ProviderError:
+        """A ``ProviderError`` for an answer that is not a success, sorted by what it means.
+
+        A 401/403 to a request that carried our key is that key rejected; to a pre-signed
+        storage link (``keyed`` false) it is the link, not the key."""
         status = response.status_code
         detail = error_message(response)
-        if status in (401, 403):
+        if status in (401, 403) and keyed:
             title = PROVIDER_TITLES.get(self.provider, self.provider)
             hint = f" {self._key_hint()}" if self._key_hint else ""
             return ProviderError(

@@ -367,3 +367,17 @@ async def test_the_webhook_can_go_in_the_body_and_video_only_requests_omit_the_i
     assert "image" not in submit.body and len(submit.body["videos"]) == 1
     [upload] = fake.uploads.values()
     assert upload.data == clip.read_bytes() and upload.content_type == "video/mp4"
+
+
+async def test_a_refused_storage_link_is_not_mistaken_for_a_rejected_key(
+    tmp_path: Path, fake: FakeWaveSpeed
+) -> None:
+    """The PUT goes to a pre-signed link without our key: its 403 says nothing about the key."""
+    fake.fail_next(403, route="put")
+    async with bot_with(tmp_path, fake, public=False) as h:
+        await h.character("jo", video=True)
+        job = await h.finished(await h.generate("@jo waves"), within=10.0)
+        again = await h.run("generate", prompt="@jo waves")
+    assert job.state is JobState.FAILED and job.reason is not None
+    assert "WAVESPEED_API_KEY" not in job.reason
+    assert not again.is_error, again.text
