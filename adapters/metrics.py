@@ -50,6 +50,12 @@ class PrometheusMetrics:
             ["provider"],
             registry=self.registry,
         )
+        self._keys = Counter(
+            "r2v_provider_key_rejected",
+            "Provider calls refused for the bot's key (HTTP 401/403): a configuration error",
+            ["provider"],
+            registry=self.registry,
+        )
 
     def job_finished(self, provider: str, state: str) -> None:
         self._jobs.labels(provider, state).inc()
@@ -68,6 +74,9 @@ class PrometheusMetrics:
 
     def retried(self, provider: str) -> None:
         self._retries.labels(provider).inc()
+
+    def key_rejected(self, provider: str) -> None:
+        self._keys.labels(provider).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

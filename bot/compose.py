@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from bot.errors import Refusal
+from bot.errors import ProviderCannotTake, Refusal
 from bot.models import Character, CharacterMedia, JobReference, JobSpec, MediaKind
 from bot.names import RESERVED, name_key, suggest, unknown_character
 from bot.ports import Capabilities, LabelStyle
@@ -107,6 +107,17 @@ class _Slot:
     duration: float | None
     voice: CharacterMedia | None = None
     mentioned: bool = True
+    #: The character's other pictures and video, for a provider that needs another kind.
+    alternates: tuple[CharacterMedia, ...] = ()
+
+    def alternate(self, kind: MediaKind) -> _Slot | None:
+        """This slot filled with the character's first item of ``kind`` (``None``: it has none)."""
+        item = next((m for m in self.alternates if m.kind is kind), None)
+        if item is None:
+            return None
+        return replace(
+            self, media_kind=kind, blob=item.blob, mime=item.info.mime, duration=item.info.duration
+        )
 
 
 def compose(
@@ -127,6 +138,7 @@ def compose(
     options = _checked_options(options, capabilities)
     pieces, slots = _read_mentions(prompt, characters, attachments)
     slots.extend(_unmentioned(attachments, slots))
+    slots = _fit_kinds(slots, capabilities)
     _check_slot_count(slots, capabilities)
     _check_duration(options.duration, slots, capabilities)
 
@@ -273,6 +285,7 @@ def _read_mentions(
                 primary.info.mime,
                 primary.info.duration,
                 voice=character.voice,
+                alternates=tuple(m for m in character.media if m.kind.is_visual and m != primary),
             )
         slot_of[key] = len(slots)
         pieces.append(len(slots))
@@ -336,14 +349,73 @@ def _check_slot_count(slots: Sequence[_Slot], capabilities: Capabilities) -> Non
             f"takes at most {limit}. Mention fewer characters or attach fewer files.",
             code="too_many_references",
         )
-    for kind, most in capabilities.per_kind_limits():
+    for kind in (MediaKind.IMAGE, MediaKind.VIDEO):
+        least, most = capabilities.kind_range(kind)
         sources = [slot.source for slot in slots if slot.media_kind is kind]
-        if len(sources) > most:
+        if len(sources) < least:
+            missing = [_lacking(slot, kind) for slot in slots if slot.media_kind is not kind]
+            raise ProviderCannotTake(
+                f"{capabilities.name} needs at least {_count(least, kind)}; "
+                f"{'; '.join(missing)}. Mention a character that has a {kind.value}, attach "
+                f"one, or choose another provider.",
+            )
+        if most is not None and len(sources) > most:
             raise Refusal(
                 f"This request has {len(sources)} {kind.value} references "
                 f"({', '.join(sources)}), but {capabilities.name} takes at most {most}.",
                 code="too_many_references",
             )
+
+
+def _fit_kinds(slots: Sequence[_Slot], capabilities: Capabilities) -> list[_Slot]:
+    """The media that stand for each character with this provider.
+
+    A character's first picture or video stands for it, unless the provider needs a kind the
+    request lacks (WaveSpeed needs a reference video) or has no room for more of that kind, and
+    the character holds the other kind: then that one goes instead.
+    """
+    fitted = list(slots)
+
+    def count(kind: MediaKind) -> int:
+        return sum(1 for slot in fitted if slot.media_kind is kind)
+
+    kinds = (MediaKind.VIDEO, MediaKind.IMAGE)
+    for kind in kinds:
+        for index, slot in enumerate(fitted):
+            other = slot.media_kind
+            if count(kind) >= capabilities.kind_range(kind)[0]:
+                break
+            switched = slot.alternate(kind)
+            if other is not kind and switched and count(other) > capabilities.kind_range(other)[0]:
+                fitted[index] = switched
+    for kind in kinds:
+        most = capabilities.kind_range(kind)[1]
+        other = MediaKind.IMAGE if kind is MediaKind.VIDEO else MediaKind.VIDEO
+        room = capabilities.kind_range(other)[1]
+        for index in reversed(range(len(fitted))):
+            if most is None or count(kind) <= most:
+                break
+            switched = fitted[index].alternate(other)
+            if (
+                fitted[index].media_kind is kind
+                and switched
+                and (room is None or count(other) < room)
+            ):
+                fitted[index] = switched
+    return fitted
+
+
+def _lacking(slot: _Slot, kind: MediaKind) -> str:
+    """Why a slot cannot give the provider a reference of ``kind``."""
+    if not slot.source.startswith("@ref"):
+        held = "pictures" if slot.media_kind is MediaKind.IMAGE else "a video"
+        return f"{slot.source} has only {held}"
+    return f"{slot.source} is {'a picture' if slot.media_kind is MediaKind.IMAGE else 'a video'}"
+
+
+def _count(number: int, kind: MediaKind) -> str:
+    """``one reference video``, ``2 reference images``."""
+    return f"one reference {kind.value}" if number == 1 else f"{number} reference {kind.value}s"
 
 
 def _check_duration(duration: int, slots: Sequence[_Slot], capabilities: Capabilities) -> None:

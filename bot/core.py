@@ -11,14 +11,14 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from bot import commands, media
 from bot.compose import Composition, GenerateOptions, RefSource, compose
-from bot.errors import R2VError, Refusal
-from bot.jobs import JobEngine, estimate_cost
+from bot.errors import ProviderCannotTake, R2VError, Refusal
+from bot.jobs import PRICE_UNKNOWN, JobEngine, estimate_cost
 from bot.models import (
     Actor,
     Character,
@@ -30,7 +30,7 @@ from bot.models import (
     Reply,
     Visibility,
 )
-from bot.ports import BlobStore, ServerStore
+from bot.ports import BlobStore, Provider, ServerStore
 from bot.prompt_filter import PromptFilter
 from bot.quotas import ServerSettings, apply_changes, check_quota, day_start, resets_in
 from bot.roster import Roster, describe_items
@@ -197,35 +197,16 @@ class Core:
                 f"Videos are made in this server's generation channels: {listed}.",
                 code="wrong_channel",
             )
-        order = self._providers_for(server, o.get("provider"))
-        provider_name, fallbacks = order[0], tuple(order[1:])
-        provider = self.engine.provider(provider_name)
-        if provider.capabilities.needs_public_media and not self._public_url:
-            raise Refusal(
-                f"{provider_name} fetches the references from this bot by URL, and the bot has "
-                "no public address. The bot's operator must set R2V_PUBLIC_URL.",
-                code="configuration_error",
-            )
+        order, chosen = self._providers_for(server, o.get("provider"))
         self._filter.check(o["prompt"], o.get("negative", ""))
-        seed = o.get("seed")
-        resolutions = provider.capabilities.resolutions
-        options = GenerateOptions(
-            duration=o["duration"],
-            resolution=o.get("resolution") or ("720p" if "720p" in resolutions else resolutions[0]),
-            aspect_ratio=o["aspect"],
+        if o.get("seed") is None:
             # Always a seed, so "the same video at 1080p" can ask for the same one again.
-            seed=seed if seed is not None else secrets.randbelow(SEED_MAX + 1),
-            negative_prompt=o.get("negative", ""),
-        )
-        composition = compose(
-            o["prompt"],
-            characters=await self.roster.usable(actor),
-            attachments=attachments,
-            capabilities=provider.capabilities,
-            options=options,
-        )
+            o = {**o, "seed": secrets.randbelow(SEED_MAX + 1)}
+        route = self._route(order, chosen, o, attachments, await self.roster.usable(actor))
+        provider_name, provider, composition = route.name, route.provider, route.composition
+        fallbacks = route.fallbacks
         if o.get("dry_run"):
-            raise _DryRun(_dry_run_reply(composition, provider_name))
+            raise _DryRun(_dry_run_reply(composition, route))
         spec = replace(composition.to_spec(), fallbacks=fallbacks)
         now = self._clock()
         usage = await self.engine.usage(actor.server_key, day_start(now))
@@ -237,9 +218,82 @@ class Core:
             user_id=actor.user_id,
             thread_id=request.thread_id,
         )
-        job = await self.engine.create(actor, destination, spec, provider_name)
+        job = await self.engine.create(actor, destination, spec, provider_name, note=route.moved)
         notes = "".join(f"\n{n}" for n in composition.notes)
-        return Reply(f"Queued job {job.id} on {provider_name}.{notes}", job_id=job.id)
+        moved = f" ({route.moved})" if route.moved else ""
+        return Reply(f"Queued job {job.id} on {provider_name}{moved}.{notes}", job_id=job.id)
+
+    def _route(
+        self,
+        order: Sequence[str],
+        chosen: bool,
+        o: dict[str, Any],
+        attachments: Sequence[RefSource],
+        characters: Mapping[str, Character],
+    ) -> _Route:
+        """The first provider in ``order`` that can take the request, and the request composed
+        for it (a character's video stands in for its picture where the provider needs one).
+
+        When none can, the first provider's refusal is the answer: it is the one the user asked
+        for (or the server's first choice), and its words say what to change.
+        """
+        refusals: list[tuple[str, Refusal]] = []
+        for index, name in enumerate(order):
+            provider = self.engine.provider(name)
+            try:
+                composition = self._compose_for(name, provider, o, attachments, characters)
+            except Refusal as exc:
+                if exc.code == "configuration_error" and not refusals:
+                    raise  # the bot's set-up, not the request: never routed around
+                refusals.append((name, exc))
+                continue
+            first = refusals[0] if refusals else None
+            moved = f"{first[0]} cannot take it: {_unsentenced(first[1].message)}" if first else ""
+            # A provider the user named keeps the job to itself, unless it cannot take it.
+            fallbacks = () if chosen and not refusals else tuple(order[index + 1 :])
+            return _Route(name, provider, composition, fallbacks, chosen, moved)
+        name, refusal = refusals[0]
+        others = [f"{n}: {_unsentenced(r.message)}" for n, r in refusals[1:]]
+        if others and isinstance(refusal, ProviderCannotTake):
+            listed = "; ".join(others)
+            raise ProviderCannotTake(
+                f"{refusal.message} No other provider here can take it either ({listed})."
+            )
+        raise refusal
+
+    def _compose_for(
+        self,
+        name: str,
+        provider: Provider,
+        o: dict[str, Any],
+        attachments: Sequence[RefSource],
+        characters: Mapping[str, Character],
+    ) -> Composition:
+        """The request as ``provider`` must take it, or its ``Refusal``."""
+        problem = self.engine.key_problem(name)
+        if problem is not None:
+            raise Refusal(problem, code="configuration_error")
+        if provider.capabilities.needs_public_media and not self._public_url:
+            raise Refusal(
+                f"{name} fetches the references from this bot by URL, and the bot has "
+                "no public address. The bot's operator must set R2V_PUBLIC_URL.",
+                code="configuration_error",
+            )
+        resolutions = provider.capabilities.resolutions
+        options = GenerateOptions(
+            duration=o["duration"],
+            resolution=o.get("resolution") or ("720p" if "720p" in resolutions else resolutions[0]),
+            aspect_ratio=o["aspect"],
+            seed=o["seed"],
+            negative_prompt=o.get("negative", ""),
+        )
+        return compose(
+            o["prompt"],
+            characters=characters,
+            attachments=attachments,
+            capabilities=provider.capabilities,
+            options=options,
+        )
 
     # -- results: the buttons under a delivered video ----------------------------------------
 
@@ -318,15 +372,16 @@ class Core:
         """Autocomplete for character options (at most 25 names)."""
         return await self.roster.complete(actor, typed)
 
-    def _providers_for(self, server: ServerSettings, chosen: str | None) -> list[str]:
-        """The provider to use and, unless the user chose one, the ones to fall back on.
+    def _providers_for(self, server: ServerSettings, chosen: str | None) -> tuple[list[str], bool]:
+        """The providers to try in order, and whether the user chose the first.
 
-        Fallbacks are the configured order (``R2V_PROVIDER``) after the server's default,
-        limited to the providers the server allows.
+        The order is the server's default, then the configured order (``R2V_PROVIDER``), limited
+        to the providers the server allows. A provider the user chooses goes first; the others
+        stay behind it only for a request it cannot take (``_route``).
         """
         available = self.engine.provider_names
-        if chosen:
-            name = chosen.strip().lower()
+        name = chosen.strip().lower() if chosen else None
+        if name:
             self.engine.provider(name)  # refuses an unknown name, listing the ones set up
             if not server.allows(name):
                 raise Refusal(
@@ -334,12 +389,11 @@ class Core:
                     f"{', '.join(server.allowed_providers)}.",
                     code="not_allowed",
                 )
-            return [name]
         preferred = [server.default_provider] if server.default_provider else []
         order = [
-            name
-            for name in dict.fromkeys([*preferred, *self._provider_order, *available])
-            if name in available and server.allows(name)
+            n
+            for n in dict.fromkeys([*preferred, *self._provider_order, *available])
+            if n in available and server.allows(n)
         ]
         if not order:
             raise Refusal(
@@ -348,7 +402,10 @@ class Core:
                 code="configuration_error",
             )
         configured = [n for n in order if n in self._provider_order or n in preferred]
-        return configured or order[:1]
+        order = configured or order[:1]
+        if name:
+            return [name, *(n for n in order if n != name)], True
+        return order, False
 
     async def _attachments(self, o: dict[str, Any]) -> tuple[list[RefSource], list[str]]:
         """Check and store the files attached to /generate (@ref1, @ref2…), in order."""
@@ -424,12 +481,18 @@ class Core:
         actor = request.actor
         current = await self._servers.settings(actor.server_key)
         if not o:
-            return Reply("This server's settings:\n" + current.describe(), data=current.to_dict())
+            return self._settings_reply("This server's settings:", current)
         updated = apply_changes(current, o, self.engine.provider_names)
         await self._servers.save_settings(actor.server_key, actor.platform, updated)
-        return Reply(
-            "Saved. This server's settings:\n" + updated.describe(), data=updated.to_dict()
-        )
+        return self._settings_reply("Saved. This server's settings:", updated)
+
+    def _settings_reply(self, title: str, settings: ServerSettings) -> Reply:
+        """The settings, and the providers whose jobs the daily budget cannot limit."""
+        unpriced = self.engine.unpriced_providers()
+        text = f"{title}\n{settings.describe()}"
+        if unpriced:
+            text += f"\n  {PRICE_UNKNOWN} (set R2V_PRICES): {', '.join(unpriced)}"
+        return Reply(text, data={**settings.to_dict(), "price_unknown": list(unpriced)})
 
     async def _channel_add(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
         return await self._channels(request, o["channel"], add=True)
@@ -477,7 +540,31 @@ class _DryRun(Exception):
         self.reply = reply
 
 
-def _dry_run_reply(composition: Composition, provider: str) -> Reply:
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Where a request goes: the provider, the request composed for it, the providers to fall
+    back on, and why it goes there (``moved``: the first choice could not take it)."""
+
+    name: str
+    provider: Provider
+    composition: Composition
+    fallbacks: tuple[str, ...]
+    chosen: bool
+    moved: str
+
+    @property
+    def why(self) -> str:
+        if self.moved:
+            return self.moved
+        return "you chose it" if self.chosen else "first in this server's order that can take it"
+
+
+def _unsentenced(message: str) -> str:
+    """A refusal's first sentence, to quote inside another sentence."""
+    return message.split(". ")[0].rstrip(".")
+
+
+def _dry_run_reply(composition: Composition, route: _Route) -> Reply:
     slots = [
         {
             "label": r.label,
@@ -487,9 +574,19 @@ def _dry_run_reply(composition: Composition, provider: str) -> Reply:
         }
         for r in composition.references
     ]
+    capabilities = route.provider.capabilities
+    cost = estimate_cost(composition.to_spec(), capabilities)
+    price = PRICE_UNKNOWN if cost is None else f"about ${cost:.2f}"
+    lines = [composition.describe(), f"Provider: {route.name} ({route.why})", f"Cost: {price}"]
     return Reply(
-        composition.describe(),
-        data={"prompt": composition.prompt, "slots": slots, "provider": provider},
+        "\n".join(lines),
+        data={
+            "prompt": composition.prompt,
+            "slots": slots,
+            "provider": route.name,
+            "why": route.why,
+            "cost_estimate": cost,
+        },
     )
 
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bot.cli import writable
+from bot.errors import ConfigurationError
+from bot.jobs import PRICE_UNKNOWN
 from bot.settings import PROVIDER_KEY_FIELDS, Settings, env_name
 
 
@@ -130,7 +132,11 @@ async def _provider_checks(settings: Settings) -> list[Check]:
         context = ProviderContext(settings, client, MediaLinks(b"doctor", settings.public_url))
         for name in settings.configured_providers:
             variable = env_name(PROVIDER_KEY_FIELDS[name])
-            provider = factory(name)(context)
+            try:
+                provider = factory(name)(context)
+            except ConfigurationError as exc:
+                results.append(Check(False, f"provider {name}: {exc.message}"))
+                continue
             try:
                 check = await provider.check_key()
             except Exception as exc:
@@ -139,14 +145,19 @@ async def _provider_checks(settings: Settings) -> list[Check]:
             finally:
                 await provider.close()
             if not check.ok:
+                said = check.detail
+                if variable not in said:
+                    said = f"{variable} is not accepted — {said}"
+                results.append(Check(False, f"provider {name}: {said}"))
+            else:
+                hooks = "webhooks usable" if check.webhooks else "polled (no webhooks)"
                 results.append(
-                    Check(False, f"provider {name}: {variable} is not accepted — {check.detail}")
+                    Check(True, f"provider {name}: key accepted ({check.detail}); {hooks}", False)
                 )
-                continue
-            hooks = "webhooks usable" if check.webhooks else "polled (no webhooks)"
-            results.append(
-                Check(True, f"provider {name}: key accepted ({check.detail}); {hooks}", False)
-            )
+            if not provider.capabilities.price_known:
+                results.append(
+                    Check(True, f"provider {name}: {PRICE_UNKNOWN} (set R2V_PRICES)", False)
+                )
     return results
 
 

@@ -32,6 +32,13 @@ class InvalidMedia(Refusal):
     code = "invalid_media"
 
 
+class ProviderCannotTake(Refusal):
+    """No provider this request may go to accepts its references or options (a kind it needs,
+    or more of one than it takes): refused before anything is sent or paid for."""
+
+    code = "provider_cannot_take"
+
+
 class ConfigurationError(R2VError):
     """The bot's own set-up is wrong (a setting, a key); a server admin has to fix it."""
 

@@ -70,6 +70,9 @@ log = logging.getLogger(__name__)
 #: The least time between two progress edits of one status message.
 PROGRESS_EDIT_SECONDS = 2.0
 
+#: What a dry run, /settings and ``r2v doctor`` say of a provider without a known price.
+PRICE_UNKNOWN = "price unknown: the daily budget cannot limit it"
+
 OPEN_STATES = frozenset({JobState.SUBMITTED, JobState.RUNNING, JobState.DELIVERING})
 
 
@@ -102,15 +105,10 @@ def estimate_cost(spec: JobSpec, capabilities: Capabilities) -> float | None:
 
 def fit_spec(spec: JobSpec, capabilities: Capabilities) -> JobSpec | None:
     """The spec as another provider must read it (its label style), or ``None`` if that
-    provider cannot take it (too many references, duration or size out of its range)."""
+    provider cannot take it (``Capabilities.misfit``: kinds and counts of references, duration,
+    size)."""
     kinds = [r.kind for r in spec.references]
-    if (
-        len(kinds) > capabilities.max_references
-        or any(kinds.count(kind) > most for kind, most in capabilities.per_kind_limits())
-        or not capabilities.accepts_duration(spec.duration, MediaKind.VIDEO in kinds)
-        or spec.resolution not in capabilities.resolutions
-        or spec.aspect_ratio not in capabilities.aspect_ratios
-    ):
+    if capabilities.misfit(kinds, spec.duration, spec.resolution, spec.aspect_ratio) is not None:
         return None
     if not spec.template:
         return spec
@@ -206,6 +204,7 @@ class JobEngine:
         self._busy: set[str] = set()
         self._shown_positions: dict[str, int] = {}
         self._progress_shown: dict[str, float] = {}
+        self._rejected_keys: dict[str, str] = {}
         self._pump_lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._closing = False
@@ -338,10 +337,30 @@ class JobEngine:
     def provider_names(self) -> Sequence[str]:
         return list(self._providers)
 
+    def unpriced_providers(self) -> list[str]:
+        """Providers with no published price and none in ``R2V_PRICES``."""
+        return [n for n, p in self._providers.items() if not p.capabilities.price_known]
+
+    def key_problem(self, name: str) -> str | None:
+        """Why the provider's key cannot be used (it was rejected since start), or ``None``.
+
+        Keys are read once at start, so a rejected one stays rejected until the operator fixes
+        it and restarts: new commands are refused instead of being queued to fail."""
+        return self._rejected_keys.get(name)
+
     async def create(
-        self, actor: Actor, destination: Destination, spec: JobSpec, provider: str
+        self,
+        actor: Actor,
+        destination: Destination,
+        spec: JobSpec,
+        provider: str,
+        *,
+        note: str = "",
     ) -> Job:
-        """Write the job (queued), post its status message, then let it run when allowed."""
+        """Write the job (queued), post its status message, then let it run when allowed.
+
+        ``note`` says why the job runs on this provider when it is not the first choice; it is
+        kept in the job's ``reason`` (shown in its status) until a failure reason replaces it."""
         if self._closing:
             raise Refusal(
                 "This bot is restarting; send the command again in a few seconds.",
@@ -360,6 +379,7 @@ class JobEngine:
             created_at=now,
             updated_at=now,
             cost_estimate=estimate_cost(spec, capabilities),
+            reason=note or None,
         )
         blobs = [r.blob for r in spec.references]
         blobs += [r.voice_blob for r in spec.references if r.voice_blob]
@@ -636,6 +656,7 @@ class JobEngine:
                     job.id,
                     provider=name,
                     cost_estimate=estimate_cost(job.spec, provider.capabilities),
+                    reason=f"moved from {job.provider}: {errors[-1]}",
                 )
                 await self._announce(job)
             try:
@@ -644,6 +665,14 @@ class JobEngine:
                 log.warning("job %s: %s did not take the job: %s", job.id, name, exc)
                 # The provider answered no: nothing of this attempt is pending there.
                 job = await self._update(job.id, submit_attempts=0)
+                if exc.auth:
+                    # The bot's configuration: never retried nor moved on, and nothing was
+                    # charged (the job ends without a task id, which usage leaves out).
+                    self._rejected_keys[name] = exc.message
+                    self._metrics.key_rejected(name)
+                    return await self._fail(
+                        job.id, f"{exc.message} This video was not made and is not charged."
+                    )
                 if exc.retryable:
                     errors.append(exc.message)
                     continue
@@ -747,6 +776,9 @@ class JobEngine:
         try:
             status = await provider.status(job.task_id)
         except ProviderError as exc:
+            if exc.auth:
+                self._rejected_keys[job.provider] = exc.message
+                self._metrics.key_rejected(job.provider)
             if not exc.retryable:
                 return await self._fail(job.id, exc.message)
             log.info("job %s: status look-up failed, will retry: %s", job.id, exc)
@@ -755,6 +787,9 @@ class JobEngine:
         return await self._apply(job, provider, status)
 
     async def _apply(self, job: Job, provider: Provider, status: TaskStatus) -> Job | None:
+        if status.cost is not None and status.cost != job.cost_estimate:
+            # The provider's real charge: the budget (a sum of cost_estimate) counts it instead.
+            job = await self._store.update(job.id, cost_estimate=status.cost)
         if status.state is TaskState.SUCCEEDED:
             with self._side_effect(job.id):
                 return await self._fetch(job, provider, status)
@@ -770,8 +805,10 @@ class JobEngine:
             with contextlib.suppress(R2VError):
                 await provider.cancel(job.task_id or "")
             minutes = round(self._limits.job_timeout_seconds / 60)
+            last = f" (its last status: “{status.raw}”)" if status.raw else ""
             return await self._fail(
-                job.id, f"the provider did not finish within {minutes} minutes; try again later."
+                job.id,
+                f"the provider did not finish within {minutes} minutes{last}; try again later.",
             )
         if status.state is TaskState.RUNNING and job.state is JobState.SUBMITTED:
             return await self._advance(job.id, JobState.RUNNING, progress=status.progress)

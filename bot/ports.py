@@ -87,6 +87,9 @@ class Capabilities:
     #: Some providers take fewer images or videos than references in all (``None``: no limit).
     max_images: int | None = None
     max_videos: int | None = None
+    #: Some need a kind: a field their documents mark required (WaveSpeed's ``videos``).
+    min_images: int = 0
+    min_videos: int = 0
     #: The exact lengths a provider makes, when it makes only some (``None``: any in range).
     durations: tuple[int, ...] | None = None
     #: Whether sending the same job twice makes one task (the provider dedupes by job id). When
@@ -100,6 +103,45 @@ class Capabilities:
     def per_kind_limits(self) -> list[tuple[MediaKind, int]]:
         limits = [(MediaKind.IMAGE, self.max_images), (MediaKind.VIDEO, self.max_videos)]
         return [(kind, most) for kind, most in limits if most is not None]
+
+    def kind_range(self, kind: MediaKind) -> tuple[int, int | None]:
+        """How many references of ``kind`` the provider takes: at least, at most (``None``:
+        only ``max_references`` bounds it)."""
+        if kind is MediaKind.IMAGE:
+            return self.min_images, self.max_images
+        if kind is MediaKind.VIDEO:
+            return self.min_videos, self.max_videos
+        return 0, None
+
+    def misfit(
+        self, kinds: Sequence[MediaKind], duration: int, resolution: str, aspect_ratio: str
+    ) -> str | None:
+        """Why this provider cannot take a request with references of these kinds and these
+        options, in a few words (``None``: it can). One check for every provider, hosted or our
+        own worker, so a job is refused or moved before anything is sent or paid for."""
+        if len(kinds) > self.max_references:
+            return f"takes at most {self.max_references} references"
+        for kind in (MediaKind.IMAGE, MediaKind.VIDEO):
+            count = sum(1 for k in kinds if k is kind)
+            least, most = self.kind_range(kind)
+            if count < least:
+                return f"needs at least {least} reference {kind.value}{_plural(least)}"
+            if most is not None and count > most:
+                return f"takes at most {most} reference {kind.value}{_plural(most)}"
+        if not self.accepts_duration(duration, MediaKind.VIDEO in kinds):
+            low, high = self.durations_for(MediaKind.VIDEO in kinds)
+            made = self.durations or range(low, high + 1)
+            return f"makes {', '.join(str(d) for d in made if low <= d <= high)} s videos"
+        if resolution not in self.resolutions:
+            return f"makes {' or '.join(self.resolutions)} only"
+        if aspect_ratio not in self.aspect_ratios:
+            return f"makes {', '.join(self.aspect_ratios)} frames only"
+        return None
+
+    @property
+    def price_known(self) -> bool:
+        """Whether a job's cost can be estimated (else the daily budget cannot limit it)."""
+        return bool(self.prices.per_second or self.prices.by_duration)
 
     def durations_for(self, has_video: bool) -> tuple[int, int]:
         return self.video_durations if has_video else self.image_durations
@@ -148,13 +190,19 @@ class TaskState(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class TaskStatus:
-    """A provider's answer about one task, mapped to our few states."""
+    """A provider's answer about one task, mapped to our few states.
+
+    ``raw`` is the provider's own status word, kept so a job that times out can name the last one
+    seen; ``cost`` is the real charge in USD where the provider reports it (Together's
+    ``outputs.cost``), which then replaces the job's estimate in the budget."""
 
     state: TaskState
     progress: float | None = None
     result_url: str | None = None
     error: str | None = None
     queue_position: int | None = None
+    raw: str | None = None
+    cost: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +445,10 @@ class Metrics(Protocol):
 
     def retried(self, provider: str) -> None: ...
 
+    def key_rejected(self, provider: str) -> None:
+        """A provider refused the bot's key (HTTP 401/403): a configuration error."""
+        ...
+
 
 class NoMetrics:
     """Counts nothing: the default when no exporter is wired."""
@@ -418,3 +470,10 @@ class NoMetrics:
 
     def retried(self, provider: str) -> None:
         return None
+
+    def key_rejected(self, provider: str) -> None:
+        return None
+
+
+def _plural(count: int) -> str:
+    return "" if count == 1 else "s"

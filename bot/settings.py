@@ -7,7 +7,7 @@ names for keys and tokens. There is no module-level instance: ``load_settings`` 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -122,6 +122,11 @@ class Settings(BaseSettings):
         None, description="an http(s) URL: scheme, host and port"
     )
     dashscope_labels: LabelStyle | None = Field(None, description=_LABELS)
+    dashscope_region: Literal["singapore", "virginia", "beijing"] | None = Field(
+        None,
+        description="singapore, virginia or beijing: the region of the DashScope key (and base "
+        "URL, when R2V_DASHSCOPE_BASE_URL is not set); singapore when neither is set",
+    )
     wavespeed_base_url: str | None = Field(
         None, description="an http(s) URL: scheme, host and port"
     )
@@ -228,6 +233,11 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("dashscope_region", mode="before")
+    @classmethod
+    def _region(cls, value: object) -> object:
+        return value.strip().lower() or None if isinstance(value, str) else value
 
     @field_validator("data_dir")
     @classmethod

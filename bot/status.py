@@ -55,6 +55,9 @@ def status_text(job: Job, *, now: float, queue_position: int | None = None) -> s
         line = f"❌ Failed: {job.reason or 'unknown reason'}"
     else:
         line = f"🚫 Cancelled{': ' + job.reason if job.reason else '.'}"
+    if job.reason and state not in (JobState.FAILED, JobState.CANCELLED):
+        # Until the job ends badly, its reason says why it runs on this provider.
+        line = f"↪️ On {job.provider}: {job.reason}\n{line}"
     return f"{headline(job)}\n{line}"
 
 

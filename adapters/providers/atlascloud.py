@@ -25,6 +25,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -79,13 +80,19 @@ DEFAULT_PRICES = PriceTable(
 )
 
 #: ``data.status`` values: "completed" is documented, "succeeded" seen as well. "processing" is
-#: the only state before the end (queued and rendering alike).
+#: the only state before the end (queued and rendering alike). ``timeout`` and ``cancelled``
+#: (per third-party clients) are final too: failures, with the provider's reason.
 STATES: Mapping[str, TaskState] = {
     "processing": TaskState.RUNNING,
     "completed": TaskState.SUCCEEDED,
     "succeeded": TaskState.SUCCEEDED,
     "failed": TaskState.FAILED,
+    "timeout": TaskState.FAILED,
+    "cancelled": TaskState.FAILED,
+    "canceled": TaskState.FAILED,
 }
+#: Payload statuses of a webhook that mean the job failed.
+_FAILED_WORDS = frozenset({"failed", "timeout", "cancelled", "canceled", "error"})
 #: ``data.error_code`` values meaning AtlasCloud's moderation refused the job.
 MODERATION_CODES = frozenset({1039})
 #: Answers a status look-up gives for a task it does not know (yet).
@@ -152,6 +159,8 @@ class AtlasCloudProvider(HostedProvider):
         self._tolerance = tolerance
         #: When each task was created (or first answered "unknown"): the start of its grace.
         self._since: dict[str, float] = {}
+        #: Tasks a checked webhook said failed, and why: kept until a status read confirms it.
+        self._failed_by_webhook: dict[str, str] = {}
         jwks_url = settings.atlascloud_jwks_url or f"{base_url}{JWKS_PATH}"
         self.jwks = JwksCache(
             context.client, jwks_url, owner="atlascloud", ttl=jwks_ttl, clock=clock
@@ -266,9 +275,14 @@ class AtlasCloudProvider(HostedProvider):
                 retryable=True,
             )
         self._since.pop(task_id, None)  # it is known now: its grace is over
-        state = map_state(self.name, data.get("status"), STATES)
+        raw = data.get("status")
+        state = map_state(self.name, raw, STATES)
         if state in (TaskState.PENDING, TaskState.RUNNING):
-            return TaskStatus(state)
+            reported = self._failed_by_webhook.pop(task_id, None)
+            if reported is not None:  # its end-of-job webhook said it failed
+                return TaskStatus(TaskState.FAILED, error=reported)
+            return TaskStatus(state, raw=str(raw))
+        self._failed_by_webhook.pop(task_id, None)
         if state is TaskState.FAILED:
             return TaskStatus(TaskState.FAILED, error=_failure(data))
         outputs = data.get("outputs")
@@ -284,8 +298,11 @@ class AtlasCloudProvider(HostedProvider):
         """A task AtlasCloud does not know: "not yet" within the grace, then lost."""
         since = self._since.setdefault(task_id, self._clock())
         waited = self._clock() - since
+        reported = self._failed_by_webhook.pop(task_id, None)
+        if reported is not None:
+            return TaskStatus(TaskState.FAILED, error=reported)
         if waited < self._grace:
-            return TaskStatus(TaskState.PENDING)
+            return TaskStatus(TaskState.PENDING, raw=f"HTTP {status}")
         self._since.pop(task_id, None)
         return TaskStatus(
             TaskState.FAILED,
@@ -326,9 +343,18 @@ class AtlasCloudProvider(HostedProvider):
 
     async def check_webhook(self, headers: Mapping[str, str], body: bytes) -> None:
         """An Ed25519 signature of ``"<timestamp>.<raw body>"`` by a key of AtlasCloud's JWKS
-        (the one the key id names, when given), with a timestamp at most 5 minutes off."""
+        (the one the key id names, when given), with a timestamp at most 5 minutes off.
+
+        The signature is read from ``…-Signature-Ed25519``, else from the bare ``…-Signature``
+        header (where it is said to move once the HMAC of the migration is retired), and is
+        decoded as Ed25519 only: an HMAC there is refused. A checked webhook that reports a
+        failure (``status: ERROR``, or a payload status failed/timeout/cancelled) is kept, so
+        the status read it triggers ends the job even if that read still says processing.
+        """
         prefix = self._header_prefix
-        signature_text = header(headers, f"{prefix}Signature-Ed25519")
+        signature_text = header(headers, f"{prefix}Signature-Ed25519") or header(
+            headers, f"{prefix}Signature"
+        )
         timestamp = header(headers, f"{prefix}Timestamp")
         kid = header(headers, f"{prefix}Key-Id") or None
         if not (signature_text and timestamp):
@@ -349,6 +375,23 @@ class AtlasCloudProvider(HostedProvider):
                 "The webhook's signature matches none of AtlasCloud's published keys: it was "
                 "altered or not sent by AtlasCloud."
             )
+        self._note_failure(body)
+
+    def _note_failure(self, body: bytes) -> None:
+        """Remember a failure the (checked) webhook reports, for the status read that follows."""
+        try:
+            event: Any = json.loads(body)
+        except ValueError:
+            return
+        if not isinstance(event, dict) or not isinstance(event.get("session_id"), str):
+            return
+        payload = event.get("payload")
+        if not isinstance(payload, dict):
+            payload = {}
+        words = {str(event.get("status", "")).lower(), str(payload.get("status", "")).lower()}
+        if words & _FAILED_WORDS:
+            reason = _failure({**payload, "status": payload.get("status") or "ERROR"})
+            self._failed_by_webhook[event["session_id"]] = reason
 
 
 def _prediction_path(task_id: str) -> str:
@@ -384,7 +427,8 @@ def _failure(data: Mapping[str, Any]) -> str:
             message = value.strip()
             break
     numeric = int(code) if isinstance(code, int | str) and str(code).strip().isdigit() else None
-    detail = message or "AtlasCloud gave no reason"
+    status = data.get("status")
+    detail = message or f"AtlasCloud ended the job with status “{status or 'failed'}”"
     if code is not None and str(code).strip():
         detail = f"{detail} (error code {code})"
     if numeric in MODERATION_CODES or is_content_refusal(detail):

@@ -10,6 +10,7 @@ the job fails with a reason instead. A connection that was never made is safe to
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -52,6 +53,20 @@ _CONTENT_WORDS = (
     "content_policy",
     "flagged",
 )
+
+
+#: How each provider is named in what people read ("SEGMIND_API_KEY is rejected by Segmind").
+PROVIDER_TITLES: Mapping[str, str] = {
+    "dashscope": "DashScope",
+    "wavespeed": "WaveSpeed",
+    "freepik": "Freepik",
+    "fal": "fal",
+    "replicate": "Replicate",
+    "inference": "inference.sh",
+    "segmind": "Segmind",
+    "together": "Together AI",
+    "atlascloud": "AtlasCloud",
+}
 
 
 @dataclass(frozen=True)
@@ -135,8 +150,11 @@ class Api:
         attempts: int = 3,
         backoff: float = 0.5,
         max_wait: float = 20.0,
+        key_hint: Callable[[], str] | None = None,
     ) -> None:
+        """``key_hint`` adds what to check when the key is rejected (DashScope: its region)."""
         self.provider = provider
+        self._key_hint = key_hint
         self._context = context
         self.client = context.client
         self.base_url = base_url
@@ -194,7 +212,7 @@ class Api:
             if (status == 429 or status >= 500) and attempt < self._attempts:
                 await self._wait(attempt, response.headers.get("retry-after"))
                 continue
-            raise self.failure(response)
+            raise self.failure(response, keyed=not bare)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def json(self, method: str, path_or_url: str, **kwargs: Any) -> Any:
@@ -233,15 +251,20 @@ class Api:
             retryable=True,
         )
 
-    def failure(self, response: httpx.Response) -> ProviderError:
-        """A ``ProviderError`` for an answer that is not a success, sorted by what it means."""
+    def failure(self, response: httpx.Response, *, keyed: bool = True) -> ProviderError:
+        """A ``ProviderError`` for an answer that is not a success, sorted by what it means.
+
+        A 401/403 to a request that carried our key is that key rejected; to a pre-signed
+        storage link (``keyed`` false) it is the link, not the key."""
         status = response.status_code
         detail = error_message(response)
-        if status in (401, 403):
+        if status in (401, 403) and keyed:
+            title = PROVIDER_TITLES.get(self.provider, self.provider)
+            hint = f" {self._key_hint()}" if self._key_hint else ""
             return ProviderError(
-                f"{self.provider} refused the bot's key (HTTP {status}: {detail}). A server admin "
-                f"or the bot's operator must check {self._key_env()}.",
-                code="provider_auth",
+                f"{self._key_env()} is rejected by {title} (HTTP {status}: {detail}).{hint} "
+                "The bot's operator must fix the key and restart the bot.",
+                code="configuration_error",
                 auth=True,
             )
         if status == 429:
@@ -269,14 +292,42 @@ class Api:
         return env_name(field_name) if field_name else "its key"
 
 
+#: The (provider, status) pairs already logged as unknown: each is logged once, not every poll.
+_UNKNOWN_LOGGED: set[tuple[str, str]] = set()
+
+
 def map_state(provider: str, raw: object, table: Mapping[str, TaskState]) -> TaskState:
-    """A provider's status word (or number) as one of our task states; unknown → pending."""
+    """A provider's status word (or number) as one of our task states.
+
+    An unknown one is logged once with its raw value and treated as pending: the job keeps
+    polling until its timeout, whose reason then names the last status seen (``TaskStatus.raw``).
+    """
     key = str(raw).strip().lower()
     state = table.get(key)
     if state is None:
-        log.warning("%s: unknown task status %r, treated as pending", provider, raw)
+        if (provider, key) not in _UNKNOWN_LOGGED:
+            _UNKNOWN_LOGGED.add((provider, key))
+            log.warning("%s: unknown task status %r, treated as pending", provider, raw)
         return TaskState.PENDING
     return state
+
+
+def task_id_with_urls(request_id: str, urls: Mapping[str, str]) -> str:
+    """A task id that keeps the URLs a submit answered (status, result…): only the task id is
+    stored with a job, and these providers ask that their URLs be used as given."""
+    return json.dumps({"id": request_id, **urls}, separators=(",", ":"))
+
+
+def urls_in_task_id(task_id: str) -> tuple[str, dict[str, str]]:
+    """The request id and the URLs ``task_id_with_urls`` kept (none for a bare request id)."""
+    try:
+        data: Any = json.loads(task_id)
+    except ValueError:
+        return task_id, {}
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+        return task_id, {}
+    urls = {k: v for k, v in data.items() if k != "id" and isinstance(v, str) and v}
+    return data["id"], urls
 
 
 @dataclass

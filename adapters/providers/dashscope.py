@@ -2,13 +2,19 @@
 
 DashScope sends no webhooks, so every job is followed by polling alone. It fetches references
 by URL and its temporary upload is Beijing-only and not for production, so references go out as
-our signed ``/media`` links (``R2V_PUBLIC_URL`` must be set). Keys, models and base URLs belong
-to one region; ``R2V_DASHSCOPE_BASE_URL`` picks the region (``REGION_BASE_URLS``).
+our signed ``/media`` links (``R2V_PUBLIC_URL`` must be set).
+
+A key, the model and the endpoint must be of one region. ``R2V_DASHSCOPE_REGION`` (singapore by
+default, virginia, beijing) picks the regional base when ``R2V_DASHSCOPE_BASE_URL`` is not set;
+the base may also be a newer workspace domain, ``https://{WorkspaceId}.{region}.maas.aliyuncs.com``.
+A region setting that contradicts the base URL is refused at start, and a rejected key's message
+names the region called and the settings that choose it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +29,7 @@ from adapters.providers.base import (
     is_content_refusal,
     map_state,
 )
-from bot.errors import ProviderError
+from bot.errors import ConfigurationError, ProviderError
 from bot.models import MediaKind
 from bot.ports import (
     Capabilities,
@@ -39,12 +45,20 @@ from bot.ports import (
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://dashscope-intl.aliyuncs.com"
+DEFAULT_REGION = "singapore"
 #: Where each region's API lives; a key works only against its own region's base.
 REGION_BASE_URLS: Mapping[str, str] = {
     "singapore": DEFAULT_BASE_URL,
-    "us": "https://dashscope-us.aliyuncs.com",
+    "virginia": "https://dashscope-us.aliyuncs.com",
     "beijing": "https://dashscope.aliyuncs.com",
 }
+#: The region ids of workspace domains (``https://{WorkspaceId}.{region}.maas.aliyuncs.com``).
+WORKSPACE_REGIONS: Mapping[str, str] = {
+    "ap-southeast-1": "singapore",
+    "us-east-1": "virginia",
+    "cn-beijing": "beijing",
+}
+_WORKSPACE = re.compile(r"^https://[A-Za-z0-9-]+\.(?P<region>[a-z0-9-]+)\.maas\.aliyuncs\.com$")
 DEFAULT_MODEL = "wan2.7-r2v"
 SUBMIT_PATH = "/api/v1/services/aigc/video-generation/video-synthesis"
 TASK_PATH = "/api/v1/tasks/{task_id}"
@@ -107,11 +121,15 @@ class DashScopeProvider(HostedProvider):
             # gives rates. Its usage counts input video seconds, so those are billed too.
             prices=context.prices(self.name, PriceTable(bills_reference_video=True)),
         )
+        base_url, self.region = _endpoint(
+            context.settings.dashscope_base_url, context.settings.dashscope_region
+        )
         api = Api(
             self.name,
             context,
-            context.base_url(self.name, DEFAULT_BASE_URL),
+            base_url,
             {"Authorization": f"Bearer {context.key(self.name)}"},
+            key_hint=self._region_hint,
         )
         super().__init__(context, capabilities, api)
         self.model = model
@@ -126,7 +144,7 @@ class DashScopeProvider(HostedProvider):
             await self.api.call("GET", _task_path(_KEY_CHECK_TASK), ok=(400, 404))
         except ProviderError as exc:
             if exc.auth:
-                return KeyCheck(False, f"{exc.message} {self._region_hint()}")
+                return KeyCheck(False, exc.message)
             return KeyCheck(False, f"the key could not be checked: {exc.message}")
         media = (
             "references are served from R2V_PUBLIC_URL"
@@ -168,7 +186,7 @@ class DashScopeProvider(HostedProvider):
             )
         if state is TaskState.FAILED:
             return TaskStatus(TaskState.FAILED, error=self._failure(str(raw), output))
-        return TaskStatus(state)
+        return TaskStatus(state, raw=str(raw))
 
     async def cancel(self, task_id: str) -> bool:
         """DashScope cancels only tasks still waiting (PENDING); others answer an error."""
@@ -238,11 +256,41 @@ class DashScopeProvider(HostedProvider):
             self._usage.popitem(last=False)
 
     def _region_hint(self) -> str:
-        regions = ", ".join(f"{name} {url}" for name, url in REGION_BASE_URLS.items())
+        where = f"the {self.region} region" if self.region else "a base of unknown region"
         return (
-            f"A DashScope key works only in its own region; this bot calls {self.api.base_url}. "
-            f"Set R2V_DASHSCOPE_BASE_URL to your key's region ({regions})."
+            f"A DashScope key works only in its own region, and this bot calls {where} "
+            f"({self.api.base_url}): set R2V_DASHSCOPE_REGION to your key's region "
+            f"({', '.join(REGION_BASE_URLS)}), or R2V_DASHSCOPE_BASE_URL to its workspace "
+            "domain (https://{WorkspaceId}.{region}.maas.aliyuncs.com)."
         )
+
+
+def region_of(base_url: str) -> str | None:
+    """The region a DashScope base URL belongs to: a regional base or a workspace domain."""
+    base = base_url.rstrip("/")
+    for region, url in REGION_BASE_URLS.items():
+        if base == url:
+            return region
+    match = _WORKSPACE.match(base)
+    return WORKSPACE_REGIONS.get(match.group("region")) if match else None
+
+
+def _endpoint(base_url: str | None, region: str | None) -> tuple[str, str | None]:
+    """The base URL to call and its region (``None``: another address, e.g. a proxy).
+
+    A region that contradicts the base URL is refused: the key, the model and the endpoint must
+    be of one region, and a mismatch would only show as a rejected key later."""
+    if base_url is None:
+        chosen = region or DEFAULT_REGION
+        return REGION_BASE_URLS[chosen], chosen
+    found = region_of(base_url)
+    if region is not None and found is not None and found != region:
+        raise ConfigurationError(
+            f"R2V_DASHSCOPE_REGION={region} but R2V_DASHSCOPE_BASE_URL={base_url} is in the "
+            f"{found} region: a DashScope key, model and endpoint must be of one region. Set "
+            "one of them to match the other (or leave R2V_DASHSCOPE_REGION out)."
+        )
+    return base_url.rstrip("/"), found or region
 
 
 def _task_path(task_id: str) -> str:

@@ -267,15 +267,17 @@ class FalProvider(HostedProvider):
                 code="provider_error",
                 retryable=True,
             )
-        state = map_state(self.name, answer.get("status"), _STATES)
+        raw = str(answer.get("status"))
+        state = map_state(self.name, raw, _STATES)
         if state is TaskState.PENDING:
             position = answer.get("queue_position")
             return TaskStatus(
                 TaskState.PENDING,
                 queue_position=position if isinstance(position, int) else None,
+                raw=raw,
             )
         if state is TaskState.RUNNING:
-            return TaskStatus(TaskState.RUNNING)
+            return TaskStatus(TaskState.RUNNING, raw=raw)
         error = answer.get("error")
         if isinstance(error, str) and error.strip():
             return TaskStatus(TaskState.FAILED, error=_failure(error.strip()))

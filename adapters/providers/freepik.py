@@ -165,6 +165,7 @@ class FreepikProvider(HostedProvider):
             state=state,
             result_url=first if isinstance(first, str) and state is TaskState.SUCCEEDED else None,
             error=_failure(data) if state is TaskState.FAILED else None,
+            raw=str(data.get("status")),
         )
 
 

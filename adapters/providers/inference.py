@@ -191,13 +191,14 @@ class InferenceProvider(HostedProvider):
 
     async def status(self, task_id: str) -> TaskStatus:
         task = _dict(self._unwrap(await self.api.json("GET", _task_path(task_id))))
-        state = map_state(self.name, self.status_name(task.get("status")), STATES)
+        raw = self.status_name(task.get("status"))
+        state = map_state(self.name, raw, STATES)
         if state is TaskState.SUCCEEDED:
             url = _video_url(task.get("output"), self._output_field)
             return TaskStatus(TaskState.SUCCEEDED, progress=1.0, result_url=url)
         if state is TaskState.FAILED:
             return TaskStatus(TaskState.FAILED, error=self._failure(task.get("error")))
-        return TaskStatus(state)
+        return TaskStatus(state, raw=raw)
 
     async def cancel(self, task_id: str) -> bool:
         path = f"{_task_path(task_id)}/cancel"

@@ -221,12 +221,13 @@ class ReplicateProvider(HostedProvider):
                 code="provider_error",
                 retryable=True,
             )
-        state = map_state(self.name, answer.get("status"), _STATES)
+        raw = str(answer.get("status"))
+        state = map_state(self.name, raw, _STATES)
         if state is TaskState.SUCCEEDED:
             return TaskStatus(state, progress=1.0, result_url=_output_url(answer.get("output")))
         if state is TaskState.FAILED:
             return TaskStatus(state, error=_failure(answer.get("error")))
-        return TaskStatus(state)
+        return TaskStatus(state, raw=raw)
 
     async def cancel(self, task_id: str) -> bool:
         """Ask Replicate to stop; it answers the prediction, already ended or now cancelled."""

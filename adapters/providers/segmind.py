@@ -5,8 +5,11 @@ go out as our signed ``/media`` links (``R2V_PUBLIC_URL`` must be set). Its inpu
 reference image and one reference video, each a single URL string, so a request holds at most
 two references, of different kinds. Its prompt names them without a space: Image1, Video1.
 
-PROVIDERS.md leaves the poll endpoint unconfirmed; it is a constructor parameter, and so are
-the status words it answers, which no page lists in full.
+Its async inference (docs.segmind.com, "async inference"): the submit answers ``request_id``,
+``status_url`` and ``response_url``. The status URL answers the status alone (QUEUED,
+PROCESSING, COMPLETED, FAILED); the response URL answers the result once COMPLETED (what it
+answers before is not documented, so it is read only then). Both URLs are used as given, kept in
+the job's task id; a bare request id (older jobs) gets the documented paths.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from adapters.providers.base import (
     content_refused,
     is_content_refusal,
     map_state,
+    task_id_with_urls,
+    urls_in_task_id,
 )
 from bot.errors import ProviderError
 from bot.models import MediaKind
@@ -41,12 +46,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.segmind.com"
 SUBMIT_PATH = "/v2/wan2.7-r2v"
-#: Unconfirmed: where a submitted request's status is read. The default follows the shape of
-#: Segmind's v2 async API (a request id, then a look-up by it); a ``poll_url`` in the submit
-#: answer is not kept, because only the request id is stored with the job.
-DEFAULT_POLL_PATH = "/v2/requests/{request_id}"
-#: Segmind's status words as our states. COMPLETED is the one its examples show; the others
-#: are the usual queue words, accepted in any of their spellings (unconfirmed).
+#: The documented status and result paths, for a request whose submit answer gave no URLs.
+STATUS_PATH = "/v2/requests/{request_id}/status"
+RESPONSE_PATH = "/v2/requests/{request_id}"
+#: Segmind's status words as our states: QUEUED, PROCESSING, COMPLETED and FAILED are
+#: documented; the other usual queue words are accepted in any of their spellings.
 STATES: Mapping[str, TaskState] = {
     "queued": TaskState.PENDING,
     "pending": TaskState.PENDING,
@@ -63,6 +67,14 @@ STATES: Mapping[str, TaskState] = {
     "canceled": TaskState.CANCELLED,
 }
 RESOLUTIONS: Mapping[str, str] = {"720p": "720P", "1080p": "1080P"}
+#: The model page's price, per generation whatever its length: $0.625 at 720p, $0.938 at 1080p.
+DEFAULT_PRICES = PriceTable(
+    by_duration={
+        (resolution, seconds): price
+        for resolution, price in (("720p", 0.625), ("1080p", 0.938))
+        for seconds in range(2, 16)
+    }
+)
 
 _KEY_CHECK_REQUEST = "r2v-key-check"
 
@@ -76,7 +88,6 @@ class SegmindProvider(HostedProvider):
         self,
         context: ProviderContext,
         *,
-        poll_path: str = DEFAULT_POLL_PATH,
         states: Mapping[str, TaskState] = STATES,
     ) -> None:
         capabilities = Capabilities(
@@ -96,8 +107,7 @@ class SegmindProvider(HostedProvider):
             label_style=context.label_style(self.name, LabelStyle.COMPACT),
             webhooks=False,
             needs_public_media=True,
-            # No price in PROVIDERS.md: estimates stay unknown unless R2V_PRICES gives rates.
-            prices=context.prices(self.name, PriceTable()),
+            prices=context.prices(self.name, DEFAULT_PRICES),
         )
         api = Api(
             self.name,
@@ -106,13 +116,12 @@ class SegmindProvider(HostedProvider):
             {"x-api-key": context.key(self.name)},
         )
         super().__init__(context, capabilities, api)
-        self._poll_path = poll_path
         self._states = {word.lower(): state for word, state in states.items()}
 
     async def check_key(self) -> KeyCheck:
         """Look up a made-up request: refused with 401 when the key is not accepted."""
         try:
-            await self.api.call("GET", self._status_path(_KEY_CHECK_REQUEST), ok=(400, 404, 422))
+            await self.api.call("GET", _path(STATUS_PATH, _KEY_CHECK_REQUEST), ok=(400, 404, 422))
         except ProviderError as exc:
             if exc.auth:
                 return KeyCheck(False, exc.message)
@@ -138,17 +147,24 @@ class SegmindProvider(HostedProvider):
                 "before trying again.",
                 code="submit_unknown",
             )
-        return request_id
+        urls = {name: answer.get(f"{name}_url") for name in ("status", "response")}
+        return task_id_with_urls(request_id, {k: v for k, v in urls.items() if isinstance(v, str)})
 
     async def status(self, task_id: str) -> TaskStatus:
-        answer = _dict(await self.api.json("GET", self._status_path(task_id)))
-        state = map_state(self.name, answer.get("status", ""), self._states)
+        """Poll the status URL; read the response URL only once the status is COMPLETED."""
+        request_id, urls = urls_in_task_id(task_id)
+        status_url = urls.get("status") or _path(STATUS_PATH, request_id)
+        answer = _dict(await self.api.json("GET", status_url))
+        raw = str(answer.get("status", ""))
+        state = map_state(self.name, raw, self._states)
         if state is TaskState.SUCCEEDED:
-            url = _video_url(answer.get("output"))
+            response_url = urls.get("response") or _path(RESPONSE_PATH, request_id)
+            result = _dict(await self.api.json("GET", response_url))
+            url = _video_url(result.get("output"))
             return TaskStatus(TaskState.SUCCEEDED, progress=1.0, result_url=url)
         if state is TaskState.FAILED:
             return TaskStatus(TaskState.FAILED, error=self._failure(answer))
-        return TaskStatus(state)
+        return TaskStatus(state, raw=raw)
 
     async def _body(self, request: ProviderRequest) -> dict[str, Any]:
         _check_one_of_each(request)
@@ -177,9 +193,6 @@ class SegmindProvider(HostedProvider):
             body["seed"] = request.seed
         return body
 
-    def _status_path(self, request_id: str) -> str:
-        return self._poll_path.format(request_id=quote(request_id, safe=""))
-
     def _failure(self, answer: Mapping[str, Any]) -> str:
         error: object = answer.get("error") or answer.get("detail") or answer.get("message")
         if isinstance(error, dict):
@@ -201,6 +214,10 @@ def _check_one_of_each(request: ProviderRequest) -> None:
                 f"characters with a {kind}, or choose another provider.",
                 code="too_many_references",
             )
+
+
+def _path(template: str, request_id: str) -> str:
+    return template.format(request_id=quote(request_id, safe=""))
 
 
 def _video_url(output: object) -> str | None:

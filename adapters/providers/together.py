@@ -180,10 +180,12 @@ class TogetherProvider(HostedProvider):
                     TaskState.FAILED,
                     error="Together finished the job, but its answer holds no outputs.video_url",
                 )
-            return TaskStatus(TaskState.SUCCEEDED, progress=1.0, result_url=url)
+            return TaskStatus(
+                TaskState.SUCCEEDED, progress=1.0, result_url=url, cost=self.charge(task_id)
+            )
         if state is TaskState.FAILED:
             return TaskStatus(TaskState.FAILED, error=_failure(answer.get("error")))
-        return TaskStatus(state)
+        return TaskStatus(state, raw=str(raw))
 
     async def cancel(self, task_id: str) -> bool:
         """Together documents no way to cancel a video job, so nothing is asked."""

@@ -90,9 +90,10 @@ class WaveSpeedProvider(HostedProvider):
     - ``durations``: the output lengths it makes — 5, 10 or 15 s per seed 004, 2–10 s per others.
     - ``webhook_in``: the webhook URL goes in the submit URL's ``webhook`` query parameter, as
       the API reference says; one page shows a ``webhook_url`` body field instead (``"body"``).
-    - ``videos_when_none``: ``videos`` is documented as required, yet the model also works from
-      images alone; with no video reference we send ``"videos": []`` (``"empty"``: the field is
-      present, as a required field must be) or leave the field out (``"omit"``).
+    - ``videos_required``: ``videos`` is documented as required, so by default a request needs
+      at least one reference video (``Capabilities.min_videos``): a job of pictures alone is
+      refused or sent to another provider before anything reaches WaveSpeed. ``False`` (some
+      pages say the model works from images alone) leaves the field out when there is none.
     - ``max_images``: the model's inputs show one ``image``; more images in a request are refused
       with a message naming the limit.
     - ``aspect_ratio_field``: no aspect-ratio input is documented for this model, so none is sent
@@ -111,7 +112,7 @@ class WaveSpeedProvider(HostedProvider):
         *,
         durations: tuple[int, ...] = (5, 10, 15),
         webhook_in: Literal["query", "body"] = "query",
-        videos_when_none: Literal["empty", "omit"] = "empty",
+        videos_required: bool = True,
         max_images: int = 1,
         aspect_ratio_field: str | None = None,
         prompt_expansion: bool = False,
@@ -136,6 +137,7 @@ class WaveSpeedProvider(HostedProvider):
             needs_public_media=False,
             prices=context.prices(self.name, DEFAULT_PRICES),
             max_images=max_images,
+            min_videos=1 if videos_required else 0,
             durations=tuple(sorted(durations)),
         )
         api = Api(
@@ -147,7 +149,7 @@ class WaveSpeedProvider(HostedProvider):
         super().__init__(context, capabilities, api)
         self._durations = tuple(sorted(durations))
         self._webhook_in = webhook_in
-        self._videos_when_none = videos_when_none
+        self._videos_required = videos_required
         self._max_images = max_images
         self._aspect_ratio_field = aspect_ratio_field
         self._prompt_expansion = prompt_expansion
@@ -254,8 +256,14 @@ class WaveSpeedProvider(HostedProvider):
             for r in request.references
             if r.kind is MediaKind.VIDEO
         ]
+        if not videos and self._videos_required:
+            raise ProviderError(
+                "wavespeed needs at least one reference video, and this job has only pictures. "
+                "Mention a character that has a video, or choose another provider.",
+                code="provider_cannot_take",
+            )
         body: dict[str, Any] = {"prompt": request.prompt}
-        if videos or self._videos_when_none == "empty":
+        if videos:
             body["videos"] = videos
         if images:
             image = images[0]
@@ -291,6 +299,7 @@ class WaveSpeedProvider(HostedProvider):
             state=state,
             result_url=result if isinstance(result, str) and state is TaskState.SUCCEEDED else None,
             error=error,
+            raw=str(raw),
         )
 
     # -- media -----------------------------------------------------------------------------

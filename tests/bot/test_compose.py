@@ -498,3 +498,49 @@ def test_the_spec_and_the_dry_run_summary_show_what_is_sent() -> None:
     assert "8 s, 1080p, 9:16, seed 42" in lines
     assert "Negative prompt: blur" in lines
     assert lines[-1].startswith("Note: ") and "@ref1 as Image 2" in lines[-1]
+
+
+# What the provider needs of each kind ----------------------------------------------------------
+
+NEEDS_VIDEO = Capabilities(name="wavespeed", min_videos=1, max_images=1)
+PICTURES_ONLY = Capabilities(name="worker", max_videos=0, min_images=1)
+
+
+def test_a_provider_that_needs_a_video_gets_the_characters_video() -> None:
+    both = character("ann", MediaKind.IMAGE, MediaKind.VIDEO)
+    (ref,) = run("@ann waves", characters=roster(both), capabilities=NEEDS_VIDEO).references
+    assert (ref.kind, ref.blob) == (MediaKind.VIDEO, "ann-video-1")
+
+
+def test_a_provider_that_takes_no_video_gets_the_characters_picture() -> None:
+    (ref,) = run("@vic waves", capabilities=PICTURES_ONLY).references
+    assert (ref.kind, ref.blob) == (MediaKind.IMAGE, "vic-image-1")
+
+
+def test_a_second_picture_is_swapped_for_a_video_when_only_one_picture_fits() -> None:
+    both = character("ann", MediaKind.IMAGE, MediaKind.VIDEO)
+    result = run("@bob and @ann", characters=roster(BOB, both), capabilities=NEEDS_VIDEO).references
+    assert [r.kind for r in result] == [MediaKind.IMAGE, MediaKind.VIDEO]
+
+
+def test_pictures_alone_are_refused_naming_who_has_no_video() -> None:
+    message = refused(
+        "@bob meets @ref1",
+        "provider_cannot_take",
+        attachments=[image(1)],
+        capabilities=Capabilities(name="wavespeed", min_videos=1),
+    )
+    assert message.startswith(
+        "wavespeed needs at least one reference video; @bob has only pictures; @ref1 is a picture."
+    )
+
+
+def test_the_same_check_reads_any_capability_the_provider_declares() -> None:
+    assert PICTURES_ONLY.misfit([MediaKind.IMAGE, MediaKind.VIDEO], 5, "720p", "16:9") == (
+        "takes at most 0 reference videos"
+    )
+    assert NEEDS_VIDEO.misfit([MediaKind.IMAGE], 5, "720p", "16:9") == (
+        "needs at least 1 reference video"
+    )
+    assert NEEDS_VIDEO.misfit([MediaKind.VIDEO], 5, "480p", "16:9") == "makes 720p or 1080p only"
+    assert NEEDS_VIDEO.misfit([MediaKind.VIDEO, MediaKind.IMAGE], 5, "720p", "16:9") is None

@@ -36,7 +36,7 @@ from bot.settings import load_settings
 from tests.fakes.discord import BOT_TOKEN, Answer, CdnTransport, FakeDiscord, User
 from tests.fakes.wavespeed import FakeWaveSpeed
 from tests.harness import bot_settings, bot_socket
-from tests.media_factory import local_file, make_image, make_wav
+from tests.media_factory import local_file, make_image, make_video, make_wav
 
 MiB = 1024 * 1024
 
@@ -434,6 +434,12 @@ async def test_a_result_over_the_guilds_upload_limit_is_re_encoded_under_it(
         user = fake.user("ann")
         channel = fake.text_channel("general")
         await characters(bot, user, "alice")
+        # WaveSpeed needs a reference video (its `videos` is required): give alice one.
+        clip = make_video(bot.app.settings.data_dir.parent / "alice.mp4", seconds=1.5)
+        actor = Actor("discord", str(fake.guild_id), str(user.id))
+        options = {"name": "alice", "file": local_file(clip)}
+        added = await bot.app.core.dispatch(CommandRequest(actor, "character add", options))
+        assert not added.is_error, added.text
         job_id = await bot.generate(user, channel, prompt="@alice", duration=5)
         video = await delivered(bot, job_id)
         assert (await bot.job(job_id)).result_size == result.stat().st_size

@@ -31,5 +31,10 @@ async def test_doctor_reports_each_provider_key_and_webhooks(tmp_path: Path) -> 
     wavespeed_line = next(line for line in lines if "provider wavespeed" in line)
     assert wavespeed_line.startswith("✓") and "webhooks usable" in wavespeed_line
     dashscope_line = next(line for line in lines if "provider dashscope" in line)
-    assert dashscope_line.startswith("✗") and "DASHSCOPE_API_KEY is not accepted" in dashscope_line
+    assert dashscope_line.startswith("✗")
+    assert "DASHSCOPE_API_KEY is rejected by DashScope" in dashscope_line
+    assert "R2V_DASHSCOPE_REGION" in dashscope_line
     assert "provider dashscope" in text and "sk-wrong" not in text, "keys are never printed"
+    # DashScope publishes no price here and R2V_PRICES gives none: the operator is told.
+    assert "✓ provider dashscope: price unknown: the daily budget cannot limit it" in text
+    assert not any("provider wavespeed: price unknown" in line for line in lines)

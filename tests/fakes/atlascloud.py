@@ -36,6 +36,9 @@ PREDICTION_PATH = "/api/v1/model/prediction/{id}"
 UPLOAD_PATH = "/api/v1/model/uploadMedia"
 JWKS_PATH = "/api/v1/webhooks/jwks.json"
 HEADER = "X-AtlasCloud-Webhook-"
+#: Final statuses that are failures: ``failed``, and ``timeout`` and ``cancelled`` per
+#: third-party clients.
+_ENDED_BADLY = ("failed", "timeout", "cancelled")
 
 
 @dataclass
@@ -76,13 +79,16 @@ def signed_headers(
     timestamp: int | None = None,
     kid: str | None = None,
     encoding: str = "base64",
+    bare: bool = False,
 ) -> dict[str, str]:
-    """AtlasCloud's webhook headers: Ed25519 over ``"<timestamp>.<raw body>"``."""
+    """AtlasCloud's webhook headers: Ed25519 over ``"<timestamp>.<raw body>"``; ``bare`` puts
+    the signature in the bare ``…-Signature`` header, where it is said to move once the HMAC of
+    the migration is retired."""
     stamp = str(int(time.time()) if timestamp is None else timestamp)
     signature = key.sign(f"{stamp}.".encode() + body)
     written = signature.hex() if encoding == "hex" else base64.b64encode(signature).decode()
     return {
-        f"{HEADER}Signature-Ed25519": written,
+        f"{HEADER}Signature{'' if bare else '-Ed25519'}": written,
         f"{HEADER}Key-Id": kid if kid is not None else key_id(key),
         f"{HEADER}Timestamp": stamp,
         f"{HEADER}Id": f"evt-{stamp}-{hashlib.sha256(body).hexdigest()[:8]}",
@@ -134,15 +140,20 @@ class FakeAtlasCloud(FakeProvider):
     def complete(self, task_id: str) -> None:
         self._finish(self.tasks[task_id], "completed")
 
-    def fail(self, task_id: str, *, error_code: int, error: str) -> None:
+    def fail(
+        self, task_id: str, *, error_code: int | None, error: str | None, status: str = "failed"
+    ) -> None:
+        """End the task unsuccessfully: ``failed``, or (per third-party clients) ``timeout`` or
+        ``cancelled``, all final."""
         task = self.tasks[task_id]
         task.error_code, task.error = error_code, error
-        self._finish(task, "failed")
+        self._finish(task, status)
 
     def webhook_body(self, task: AtlasTask) -> bytes:
-        ok = task.status != "failed"
+        ok = task.status not in _ENDED_BADLY
         payload: dict[str, Any] = {"outputs": self._outputs(task) if ok else []}
         if not ok:
+            payload["status"] = task.status
             payload["error"] = task.error
             payload["error_code"] = task.error_code
         return json.dumps(
@@ -216,7 +227,7 @@ class FakeAtlasCloud(FakeProvider):
         data: dict[str, Any] = {"id": task.id, "model": MODEL, "status": task.status}
         done = task.status in ("completed", "succeeded")
         data["outputs"] = self._outputs(task) if done else []
-        if task.status == "failed":
+        if task.status in _ENDED_BADLY:
             data["error"] = task.error
             data["error_code"] = task.error_code
         # A failed job still answers HTTP 200: only data.status and data.error_code tell.

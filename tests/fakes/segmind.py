@@ -2,10 +2,13 @@
 
 It checks the ``x-api-key`` header, records every request, insists that ``reference_images``
 and ``reference_videos`` are single URL strings, fetches them (and ``reference_voice``) as
-Segmind would, and answers look-ups at the poll path the client assumes. A request is processing
-once looked up and completes after ``complete_after_polls`` look-ups, unless the test sets its
-state itself. Knobs: those of every fake (``tests.fakes.base``), where ``fail_next`` answers API
-calls.
+Segmind would, and follows its async inference: the submit answers ``request_id``, ``status``
+QUEUED, ``poll_url``, ``status_url`` and ``response_url``; the status URL answers the status
+alone (with ``error`` when FAILED); the response URL answers the result with ``output`` once
+COMPLETED, and — its answer before that being undocumented — a 404 until then. A request is
+processing once its status is looked up and completes after ``complete_after_polls`` look-ups,
+unless the test sets its state itself. Knobs: those of every fake (``tests.fakes.base``), where
+``fail_next`` answers API calls.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ class FakeRequest:
     body: dict[str, Any] = field(default_factory=dict)
     polls: int = 0
     error: str | None = None
+    #: Reads of the response URL, and how many came before the request completed.
+    response_reads: int = 0
+    early_reads: int = 0
 
 
 class FakeSegmind(FakeProvider):
@@ -48,7 +54,8 @@ class FakeSegmind(FakeProvider):
     def make_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post(SUBMIT_PATH, self._submit)
-        app.router.add_get("/v2/requests/{request_id}", self._status)
+        app.router.add_get("/v2/requests/{request_id}/status", self._status)
+        app.router.add_get("/v2/requests/{request_id}", self._response)
         app.router.add_get("/outputs/{request_id}.mp4", self._serve_result)
         return app
 
@@ -91,11 +98,14 @@ class FakeSegmind(FakeProvider):
         for name in _URL_FIELDS:
             if name in body and not await self._fetch(body[name]):
                 job.status, job.error = "FAILED", f"could not download {name}"
+        base = f"{self.url}/v2/requests/{job.request_id}"
         return web.json_response(
             {
                 "request_id": job.request_id,
                 "status": job.status,
-                "poll_url": f"{self.url}/v2/requests/{job.request_id}",
+                "poll_url": f"{base}/status",
+                "status_url": f"{base}/status",
+                "response_url": base,
             }
         )
 
@@ -112,8 +122,25 @@ class FakeSegmind(FakeProvider):
             if job.polls >= self.complete_after_polls:
                 job.status = "COMPLETED"
         answer: dict[str, Any] = {"request_id": job.request_id, "status": job.status}
-        if job.status == "COMPLETED":
-            answer["output"] = f"{self.url}/outputs/{job.request_id}.mp4"
         if job.status == "FAILED":
             answer["error"] = job.error or "inference failed"
         return web.json_response(answer)
+
+    async def _response(self, request: web.Request) -> web.Response:
+        refused = await self._admit(request)
+        if refused is not None:
+            return refused
+        job = self.jobs.get(request.match_info["request_id"])
+        if job is None:
+            return web.json_response({"error": "request not found"}, status=404)
+        job.response_reads += 1
+        if job.status != "COMPLETED":
+            job.early_reads += 1
+            return web.json_response({"error": "result not ready"}, status=404)
+        return web.json_response(
+            {
+                "request_id": job.request_id,
+                "status": job.status,
+                "output": f"{self.url}/outputs/{job.request_id}.mp4",
+            }
+        )

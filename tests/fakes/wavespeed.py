@@ -172,6 +172,13 @@ class FakeWaveSpeed(FakeProvider):
         failure = self._failure("submit")
         if failure is not None:
             return failure
+        videos = body.get("videos") if isinstance(body, dict) else None
+        if not isinstance(videos, list) or not videos:
+            # The model's page marks ``videos`` required: pictures alone are refused (and a
+            # real account may be billed for the attempt).
+            return web.json_response(
+                {"code": 400, "message": "videos is required and must not be empty"}, status=400
+            )
         task = Task("ws_" + secrets.token_hex(6), body, request.query.get("webhook"))
         async with self._submitted:
             self.tasks[task.id] = task

@@ -3,6 +3,8 @@ webhooks), and the client alone where the bot adds nothing (status words, retrie
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -13,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from adapters.providers.atlascloud import AtlasCloudProvider
-from bot.errors import ProviderError
+from bot.errors import ProviderError, WebhookRejected
 from bot.models import JobState
 from bot.ports import LabelStyle, ProviderRequest, TaskState
 from tests.fakes.atlascloud import (
@@ -365,3 +367,74 @@ async def test_capabilities_prices_jwks_url_and_no_cancel(
     async with direct(tmp_path, atlas, prices={"atlascloud": {"1080p": 0.2}}) as client:
         priced = client.capabilities
     assert priced.estimate("1080p", 5) == 1.0
+
+
+async def test_a_timeout_status_fails_the_job_at_once_with_the_providers_reason(
+    tmp_path: Path, atlas: FakeAtlasCloud
+) -> None:
+    atlas.complete_after_polls = None
+    atlas.send_webhooks = False
+    async with bot_with(tmp_path, atlas, public=False, job_timeout_seconds=600) as h:
+        await h.character("alice")
+        job_id = await h.generate("@alice waves")
+        await until(lambda: atlas.tasks)
+        atlas.fail(atlas.only_task().id, error_code=None, error="Task timed out", status="timeout")
+        job = await h.finished(job_id, within=10.0)
+    assert job.state is JobState.FAILED
+    assert job.reason is not None and "Task timed out" in job.reason
+
+
+@pytest.mark.parametrize("status", ["timeout", "cancelled"])
+async def test_timeout_and_cancelled_are_final_failures(
+    tmp_path: Path, atlas: FakeAtlasCloud, status: str
+) -> None:
+    atlas.complete_after_polls = None
+    async with direct(tmp_path, atlas) as provider:
+        task_id = await provider.submit(image_request(tmp_path))
+        atlas.fail(task_id, error_code=None, error=None, status=status)
+        answer = await provider.status(task_id)
+    assert answer.state is TaskState.FAILED
+    assert answer.error == f"AtlasCloud ended the job with status “{status}”"
+
+
+async def test_an_error_webhook_fails_the_job_after_the_status_read(
+    tmp_path: Path, atlas: FakeAtlasCloud
+) -> None:
+    """The webhook says ERROR while the status call still answers processing: the job fails
+    with the webhook's reason once the status has been read, without waiting for its timeout."""
+    atlas.complete_after_polls = None
+    atlas.send_webhooks = False
+    async with bot_with(tmp_path, atlas, public=True, **NO_POLLING) as h:
+        await h.character("alice")
+        job_id = await h.generate("@alice waves")
+        await until(lambda: atlas.tasks)
+        task = atlas.only_task()
+        await until(lambda: h.chat.states(job_id)[-1:] == [JobState.SUBMITTED])
+        task.status, task.error, task.error_code = "failed", "GPU lost", 5001
+        body = atlas.webhook_body(task)
+        task.status = "processing"  # the status call lags behind the webhook
+        polls = task.polls
+        assert task.webhook is not None
+        answer = await post_hook(task.webhook, body, signed_headers(atlas.signing_key, body))
+        job = await h.finished(job_id, within=10.0)
+    assert answer == 202
+    assert b'"status": "ERROR"' in body
+    assert task.polls == polls + 1  # the usual status read came first
+    assert job.state is JobState.FAILED
+    assert job.reason is not None and "GPU lost (error code 5001)" in job.reason
+
+
+async def test_the_signature_is_taken_from_the_bare_header_as_ed25519_only(
+    tmp_path: Path, atlas: FakeAtlasCloud
+) -> None:
+    body = b'{"session_id": "atlas-9", "status": "OK", "payload": {"outputs": []}}'
+    bare = signed_headers(atlas.signing_key, body, bare=True)
+    assert "X-AtlasCloud-Webhook-Signature-Ed25519" not in bare
+    hmac_headers = {
+        **bare,
+        "X-AtlasCloud-Webhook-Signature": hmac.new(b"secret", body, hashlib.sha256).hexdigest(),
+    }
+    async with direct(tmp_path, atlas, public_url="http://127.0.0.1:9") as provider:
+        await provider.check_webhook(bare, body)
+        with pytest.raises(WebhookRejected):
+            await provider.check_webhook(hmac_headers, body)

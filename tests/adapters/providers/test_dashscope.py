@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from adapters.providers.dashscope import DashScopeProvider, VideoUsage
-from bot.errors import ProviderError
+from bot.errors import ConfigurationError, ProviderError
 from bot.models import JobState
 from bot.ports import TaskState
-from tests.fakes.dashscope import FakeDashScope
+from tests.fakes.dashscope import SUBMIT_PATH, FakeDashScope
 from tests.harness import bot_with, client_alone, image_request, until
 
 
@@ -199,7 +199,7 @@ async def test_check_key_accepts_the_key_and_says_jobs_are_polled(
         bad = await provider.check_key()
     assert good.ok and not good.webhooks and "polled" in good.detail
     assert not bad.ok
-    assert "DASHSCOPE_API_KEY" in bad.detail and "R2V_DASHSCOPE_BASE_URL" in bad.detail
+    assert "DASHSCOPE_API_KEY" in bad.detail and "R2V_DASHSCOPE_REGION" in bad.detail
 
 
 async def test_a_server_error_on_submit_is_retried_and_the_job_goes_on(
@@ -219,3 +219,64 @@ async def test_a_submit_that_hangs_is_not_sent_again(tmp_path: Path, fake: FakeD
             await provider.submit(image_request(tmp_path))
     assert caught.value.code == "submit_unknown"
     assert len(fake.submits) == 1
+
+
+@pytest.mark.parametrize(
+    ("base_url", "region", "expected_base", "expected_region"),
+    [
+        (None, None, "https://dashscope-intl.aliyuncs.com", "singapore"),
+        (None, "virginia", "https://dashscope-us.aliyuncs.com", "virginia"),
+        (None, "Beijing", "https://dashscope.aliyuncs.com", "beijing"),
+        (
+            "https://ws-1a2b3c.ap-southeast-1.maas.aliyuncs.com",
+            None,
+            "https://ws-1a2b3c.ap-southeast-1.maas.aliyuncs.com",
+            "singapore",
+        ),
+        (
+            "https://ws-9z.cn-beijing.maas.aliyuncs.com",
+            "beijing",
+            "https://ws-9z.cn-beijing.maas.aliyuncs.com",
+            "beijing",
+        ),
+    ],
+)
+async def test_the_region_picks_the_base_and_workspace_domains_are_accepted(
+    tmp_path: Path,
+    fake: FakeDashScope,
+    base_url: str | None,
+    region: str | None,
+    expected_base: str,
+    expected_region: str,
+) -> None:
+    settings = {"dashscope_base_url": base_url, "dashscope_region": region}
+    async with direct(tmp_path, fake, **settings) as provider:
+        assert (provider.api.base_url, provider.region) == (expected_base, expected_region)
+
+
+async def test_a_region_that_contradicts_the_base_url_is_refused_at_start(
+    tmp_path: Path, fake: FakeDashScope
+) -> None:
+    base = "https://ws-1.us-east-1.maas.aliyuncs.com"
+    with pytest.raises(ConfigurationError) as refused:
+        async with direct(tmp_path, fake, dashscope_base_url=base, dashscope_region="singapore"):
+            pass
+    assert "R2V_DASHSCOPE_REGION=singapore" in refused.value.message
+    assert "virginia region" in refused.value.message
+
+
+async def test_a_key_of_another_region_fails_the_job_naming_the_region_setting(
+    tmp_path: Path, fake: FakeDashScope
+) -> None:
+    async with bot_with(tmp_path, fake) as h:
+        fake.key = "sk-of-another-region"  # the fake answers 401 InvalidApiKey, as DashScope does
+        await h.character("alice")
+        job = await h.finished(await h.generate("@alice waves"))
+        again = await h.run("generate", prompt="@alice waves")
+    assert job.state is JobState.FAILED and job.task_id is None
+    assert job.reason is not None
+    assert job.reason.startswith("DASHSCOPE_API_KEY is rejected by DashScope (HTTP 401")
+    assert "set R2V_DASHSCOPE_REGION to your key's region" in job.reason
+    # Refused once (not retried), and no task exists at DashScope.
+    assert len(fake.requested("POST", SUBMIT_PATH)) == 1 and fake.tasks == {}
+    assert again.code == "configuration_error"

@@ -159,3 +159,22 @@ async def test_check_key_accepts_the_key_and_says_jobs_are_polled(
     assert good.ok and not good.webhooks and "polled" in good.detail
     assert not bad.ok and "SEGMIND_API_KEY" in bad.detail
     assert all(r.headers.get("x-api-key") for r in fake.requests)
+
+
+async def test_the_status_url_is_polled_and_the_response_url_read_once_completed(
+    tmp_path: Path, fake: FakeSegmind
+) -> None:
+    """Segmind's async inference: the submit answers both URLs; the status one is polled, and
+    the result is read at the response one only after COMPLETED (before, it is undocumented)."""
+    async with bot_with(tmp_path, fake) as h:
+        await h.character("alice")
+        job = await h.delivered(await h.generate("@alice waves"))
+    [request] = fake.jobs.values()
+    assert request.polls >= 2
+    assert (request.response_reads, request.early_reads) == (1, 0)
+    status_reads = fake.requested("GET", f"/v2/requests/{request.request_id}/status")
+    assert len(status_reads) == request.polls
+    # The URLs are kept with the job, as Segmind answered them.
+    assert job.task_id is not None and f"{fake.url}/v2/requests/" in job.task_id
+    # Segmind's published price per generation is the estimate: $0.625 at 720p.
+    assert job.cost_estimate == 0.625

@@ -92,7 +92,7 @@ async def test_polling_alone_finishes_the_job_without_a_public_address(
 ) -> None:
     fake.send_webhooks = False
     async with bot_with(tmp_path, fake, public=False) as h:
-        await h.character("carol")
+        await h.character("carol", video=True)
         job_id = await h.generate("@carol waves", negative="blurry", aspect="9:16")
         await h.delivered(job_id, within=10.0)
         assert h.delivered_bytes(job_id) == fake.result
@@ -100,9 +100,8 @@ async def test_polling_alone_finishes_the_job_without_a_public_address(
     [submit] = fake.submits
     assert "webhook" not in submit.query and "webhook_url" not in submit.body
     body = submit.body
-    assert body["prompt"] == "Image 1 waves"
-    # ``videos`` is documented as required: with no video reference an empty list goes out.
-    assert body["videos"] == []
+    assert body["prompt"] == "Video 1 waves"
+    assert len(body["videos"]) == 1 and "image" not in body
     assert body["negative_prompt"] == "blurry"
     assert body["resolution"] == "720p"
     # the bot always picks a seed when none is given, so a result can be remade at 1080p
@@ -116,7 +115,7 @@ async def test_forged_replayed_and_altered_webhooks_are_refused_and_change_nothi
     fake.complete_after_polls = None
     fake.send_webhooks = False
     async with bot_with(tmp_path, fake, **NO_POLLING) as h:
-        await h.character("dave")
+        await h.character("dave", video=True)
         job_id = await h.generate("@dave jumps")
         task = await fake.task()
         await fake.finish(task.id)  # done at WaveSpeed; only a good webhook may tell the bot
@@ -154,7 +153,7 @@ async def test_a_rate_limited_submit_is_retried_and_the_retry_counted(
 ) -> None:
     fake.fail_next(429, route="submit")
     async with bot_with(tmp_path, fake, public=False) as h:
-        await h.character("erin")
+        await h.character("erin", video=True)
         job_id = await h.generate("@erin smiles")
         await h.delivered(job_id, within=10.0)
         metrics = h.app.metrics.exposition().decode()
@@ -172,7 +171,7 @@ async def test_a_submit_that_times_out_is_not_sent_again_and_the_job_says_why(
         built = providers["wavespeed"]
         assert isinstance(built, WaveSpeedProvider)
         providers["wavespeed"] = WaveSpeedProvider(built.context, submit_timeout=0.3)
-        await h.character("frank")
+        await h.character("frank", video=True)
         job_id = await h.generate("@frank runs")
         job = await h.finished(job_id, within=10.0)
         await asyncio.sleep(0.3)
@@ -191,7 +190,7 @@ async def test_server_errors_move_the_job_to_the_next_provider(
         FakeFreepik(result_mp4, complete_after_polls=1, send_webhooks=False) as freepik,
         bot_with(tmp_path, fake, freepik) as h,
     ):
-        await h.character("gina")
+        await h.character("gina", video=True)
         job_id = await h.generate("@gina sings")
         job = await h.delivered(job_id, within=15.0)
         assert h.delivered_bytes(job_id) == freepik.result
@@ -199,7 +198,7 @@ async def test_server_errors_move_the_job_to_the_next_provider(
     assert len(fake.submits) == 3
     [submit] = freepik.submits
     # Relabelled for Freepik's own label style on the way.
-    assert submit["prompt"] == "Image 1 sings"
+    assert submit["prompt"] == "Video 1 sings"
 
 
 async def test_a_refused_key_fails_the_job_naming_the_variable_without_failover(
@@ -210,7 +209,7 @@ async def test_a_refused_key_fails_the_job_naming_the_variable_without_failover(
         FakeFreepik(result_mp4) as freepik,
         bot_with(tmp_path, fake, freepik) as h,
     ):
-        await h.character("hank")
+        await h.character("hank", video=True)
         job = await h.finished(await h.generate("@hank sleeps"), within=10.0)
     assert job.state is JobState.FAILED
     assert job.reason is not None and "WAVESPEED_API_KEY" in job.reason
@@ -224,7 +223,7 @@ async def test_a_lost_result_fails_the_job_with_a_reason(
 ) -> None:
     fake.result_status = 404
     async with bot_with(tmp_path, fake, public=False) as h:
-        await h.character("ivy")
+        await h.character("ivy", video=True)
         job = await h.finished(await h.generate("@ivy dances"), within=10.0)
     assert job.state is JobState.FAILED
     assert job.reason is not None and "no longer has this video" in job.reason
@@ -337,6 +336,9 @@ async def test_requests_it_cannot_express_are_refused_before_anything_is_sent(
             await provider.submit(request)
         with pytest.raises(ProviderError) as odd_length:
             await provider.submit(replace(request, references=references[:1], duration=7))
+        with pytest.raises(ProviderError) as no_video:
+            await provider.submit(replace(request, references=references[:1]))
+    assert no_video.value.code == "provider_cannot_take"
     assert two_images.value.code == "too_many_references"
     assert "at most 1 reference image" in two_images.value.message
     assert odd_length.value.code == "duration_out_of_range"
@@ -365,3 +367,17 @@ async def test_the_webhook_can_go_in_the_body_and_video_only_requests_omit_the_i
     assert "image" not in submit.body and len(submit.body["videos"]) == 1
     [upload] = fake.uploads.values()
     assert upload.data == clip.read_bytes() and upload.content_type == "video/mp4"
+
+
+async def test_a_refused_storage_link_is_not_mistaken_for_a_rejected_key(
+    tmp_path: Path, fake: FakeWaveSpeed
+) -> None:
+    """The PUT goes to a pre-signed link without our key: its 403 says nothing about the key."""
+    fake.fail_next(403, route="put")
+    async with bot_with(tmp_path, fake, public=False) as h:
+        await h.character("jo", video=True)
+        job = await h.finished(await h.generate("@jo waves"), within=10.0)
+        again = await h.run("generate", prompt="@jo waves")
+    assert job.state is JobState.FAILED and job.reason is not None
+    assert "WAVESPEED_API_KEY" not in job.reason
+    assert not again.is_error, again.text
