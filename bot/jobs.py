@@ -49,6 +49,7 @@ from bot.errors import (
 )
 from bot.models import Actor, Destination, Job, JobSpec, JobState, MediaKind, OpenJob
 from bot.ports import (
+    BEFORE_BILLABLE_REQUEST,
     BlobStore,
     Capabilities,
     ChatPort,
@@ -699,11 +700,22 @@ class JobEngine:
         token = self.webhook_token(job.provider, job.id)
         webhook_url = f"{base}/hooks/{job.provider}/{job.id}?t={token}" if base else None
         request = await self._request(job, spec, provider.capabilities, webhook_url)
-        # Written before the provider is called: after a crash here, the next owner knows a
-        # submission may have reached the provider.
-        await self._update(job.id, submit_attempts=job.submit_attempts + 1)
+        recorded = False
+
+        async def record_attempt() -> None:
+            # Written just before the request that may bill the job leaves (references are
+            # uploaded by then): after a crash past here, the next owner knows it may have.
+            nonlocal recorded
+            if not recorded:
+                await self._update(job.id, submit_attempts=job.submit_attempts + 1)
+                recorded = True
+
         started = self._clock()
-        task_id = await provider.submit(request)
+        announcing = BEFORE_BILLABLE_REQUEST.set(record_attempt)
+        try:
+            task_id = await provider.submit(request)
+        finally:
+            BEFORE_BILLABLE_REQUEST.reset(announcing)
         self._metrics.submit_latency(job.provider, self._clock() - started)
         return task_id
 

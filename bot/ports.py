@@ -7,8 +7,9 @@ these shapes. Tests use the real implementations against loopback fakes of outsi
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -178,6 +179,15 @@ class ProviderRequest:
     seed: int | None
     negative_prompt: str
     webhook_url: str | None
+
+
+#: Set by the engine while a provider's ``submit`` runs: the provider awaits it right before it
+#: sends the request that starts (and may bill) a task, after uploading the references. The
+#: engine records the attempt there, so a crash during the uploads leaves nothing to doubt,
+#: and a crash after it leaves a job that is never sent again blindly.
+BEFORE_BILLABLE_REQUEST: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar(
+    "r2v_before_billable_request", default=None
+)
 
 
 class TaskState(enum.StrEnum):

@@ -26,6 +26,7 @@ from adapters.providers.download import stream_download
 from bot.errors import ConfigurationError, ProviderError
 from bot.models import MediaKind
 from bot.ports import (
+    BEFORE_BILLABLE_REQUEST,
     Capabilities,
     KeyCheck,
     LabelStyle,
@@ -186,6 +187,10 @@ class Api:
         """
         url = self.url(path_or_url)
         headers = {**({} if bare else self._headers), **kwargs.pop("headers", {})}
+        if submit:
+            announce = BEFORE_BILLABLE_REQUEST.get()
+            if announce is not None:
+                await announce()
         for attempt in range(1, self._attempts + 1):
             try:
                 response = await self.client.request(method, url, headers=headers, **kwargs)
