@@ -3,6 +3,10 @@
 A token names one blob and its content type until a moment, signed with HMAC-SHA256 under a
 secret kept in the data folder. Altered or expired tokens answer 404, exactly like a blob that
 does not exist, so a link says nothing to anyone who guesses at it.
+
+When blobs live in an object store, providers are handed the store's own presigned links instead
+(``fetch_url``): the bytes then go from the store to the provider without passing through us.
+The ``/media`` route still serves every blob (links in chat last longer than a presigned one may).
 """
 
 from __future__ import annotations
@@ -13,10 +17,15 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+
+from bot.errors import StorageUnavailable
+
+#: Makes a link straight to a blob in an object store: (blob, seconds valid, content type).
+Presign = Callable[[str, int, str], Awaitable[str]]
 
 _BLOB = re.compile(r"[0-9a-f]{64}")
 _MIME = re.compile(r"[a-z]+/[a-z0-9.+-]+")
@@ -43,7 +52,8 @@ class MediaLinks:
     """Makes and checks signed ``/media`` links.
 
     ``public_url`` is where providers reach us; without it no link can be made (``url_for``
-    answers ``None``), and providers that fetch by URL refuse jobs and say why.
+    answers ``None``), and providers that fetch by URL refuse jobs and say why. ``presign``,
+    given when blobs live in an object store, makes the links ``fetch_url`` hands providers.
     """
 
     def __init__(
@@ -53,11 +63,13 @@ class MediaLinks:
         *,
         ttl_seconds: int = 3600,
         clock: Callable[[], float] = time.time,
+        presign: Presign | None = None,
     ) -> None:
         self._secret = secret
         self.public_url = public_url.rstrip("/") if public_url else None
         self._ttl = ttl_seconds
         self._clock = clock
+        self._presign = presign
 
     def token(self, blob: str, mime: str) -> str:
         if not _BLOB.fullmatch(blob) or not _MIME.fullmatch(mime):
@@ -71,6 +83,13 @@ class MediaLinks:
         if self.public_url is None:
             return None
         return f"{self.public_url}/media/{self.token(blob, mime)}"
+
+    async def fetch_url(self, blob: str, mime: str) -> str | None:
+        """The link a provider fetches a reference from: the object store's presigned link
+        when there is one, else our signed ``/media`` link (``None`` without a public URL)."""
+        if self._presign is not None:
+            return await self._presign(blob, self._ttl, mime)
+        return self.url_for(blob, mime)
 
     def check(self, token: str) -> tuple[str, str] | None:
         """The blob and content type a token names, or ``None`` if altered or expired."""
@@ -92,15 +111,26 @@ class MediaLinks:
         return blob, mime
 
 
-def media_route(links: MediaLinks, blob_path: Callable[[str], Path]) -> web.RouteDef:
-    """``GET /media/{token}``: the blob's exact bytes with its type, length and Range support."""
+def media_route(links: MediaLinks, local_path: Callable[[str], Awaitable[Path]]) -> web.RouteDef:
+    """``GET /media/{token}``: the blob's exact bytes with its type, length and Range support.
+
+    ``local_path`` is the blob store's: the blob itself for local files, the cached copy (fetched
+    first when missing) for an object store. A store that is down answers 503 with a retry hint.
+    """
 
     async def serve(request: web.Request) -> web.StreamResponse:
         named = links.check(request.match_info["token"])
         if named is None:
             raise web.HTTPNotFound()
         blob, mime = named
-        path = blob_path(blob)
+        try:
+            path = await local_path(blob)
+        except FileNotFoundError:
+            raise web.HTTPNotFound() from None
+        except StorageUnavailable as exc:
+            raise web.HTTPServiceUnavailable(
+                text=exc.message, headers={"Retry-After": "30"}
+            ) from None
         if not await asyncio.to_thread(path.is_file):
             raise web.HTTPNotFound()
         return web.FileResponse(
