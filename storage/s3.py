@@ -278,9 +278,16 @@ class S3BlobStore:
         if fetch is None:
             fetch = asyncio.create_task(self._fetch(blob))
             self._fetches[blob] = fetch
-            fetch.add_done_callback(lambda _: self._fetches.pop(blob, None))
+            fetch.add_done_callback(self._fetched)
         # Shielded: one caller giving up does not cancel the fetch others wait for.
         return await asyncio.shield(fetch)
+
+    def _fetched(self, fetch: asyncio.Task[Path]) -> None:
+        for blob, running in list(self._fetches.items()):
+            if running is fetch:
+                del self._fetches[blob]
+        if not fetch.cancelled():
+            fetch.exception()  # seen here too, in case every caller gave up waiting
 
     async def put_file(self, source: Path) -> str:
         """Copy into the cache while hashing, then upload; the source is left as it was."""
