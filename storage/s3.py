@@ -3,7 +3,7 @@
 The same content-addressed names as local files (``prefix/ab/cdef…``, the sha256 of the bytes), so
 identical content is stored once whichever instance saved it. Nothing is ever read whole into
 memory: new blobs are streamed to a local file while they are hashed, then uploaded from it (in
-8 MiB parts past that size); blobs are fetched in chunks into ``BlobCache``, the bounded local
+5 MiB parts past that size); blobs are fetched in chunks into ``BlobCache``, the bounded local
 copy that media work reads. Providers that fetch references by URL get presigned GET links
 straight from the store.
 
@@ -37,9 +37,10 @@ if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
-#: Blobs up to this size go up in one request; larger ones in parts of this size (S3's smallest
-#: part is 5 MiB). One part is in memory at a time.
-PART_BYTES = 8 * 1024 * 1024
+#: Blobs up to this size go up in one request; larger ones in parts of this size, S3's smallest
+#: (10,000 parts make 48 GiB, far past any result). One part is in memory at a time, and the
+#: socket's send buffer may briefly hold a second copy of it.
+PART_BYTES = 5 * 1024 * 1024
 #: The longest a presigned link may last (SigV4's limit: seven days).
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 #: What a fetch into the cache accepts: blobs were size-checked when they were stored.

@@ -117,7 +117,7 @@ def object_bytes(moto: MotoServer, key: str) -> bytes:
 async def test_a_large_result_goes_up_in_parts_and_comes_back_without_being_held_in_memory(
     store: S3BlobStore, other_instance: S3BlobStore, moto: MotoServer, prefix: str
 ) -> None:
-    chunk_size, count = 256 * 1024, 160  # 40 MiB: five parts, more than the bound below
+    chunk_size, count = 256 * 1024, 160  # 40 MiB: eight parts, more than the bound below
     pattern = [os.urandom(chunk_size) for _ in range(4)]
     expected = hashlib.sha256()
     for i in range(count):
