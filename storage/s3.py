@@ -47,7 +47,9 @@ MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 _ANY_SIZE = 1 << 62
 _BLOB_NAME = re.compile(r"[0-9a-f]{64}")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+#: A missing object (HEAD answers a bare 404). A bucket gone while running is a fault instead.
+_NO_OBJECT = {"404", "NoSuchKey", "NotFound"}
+_NO_BUCKET = {"404", "NoSuchBucket"}
 _REFUSED = {
     "403",
     "AccessDenied",
@@ -234,7 +236,7 @@ class S3BlobStore:
             ) from None
         except ClientError as exc:
             code = _error_code(exc)
-            if code in _MISSING:
+            if code in _NO_BUCKET:
                 raise ConfigurationError(
                     f"The bucket {bucket!r} does not exist at {self._access.where}: create it, "
                     "or set R2V_BLOB_URL to a bucket that does."
@@ -346,7 +348,7 @@ class S3BlobStore:
         try:
             await self._client.head_object(Bucket=self.location.bucket, Key=self.location.key(blob))
         except ClientError as exc:
-            if _error_code(exc) in _MISSING:
+            if _error_code(exc) in _NO_OBJECT:
                 return False
             raise
         return True
@@ -406,7 +408,7 @@ class S3BlobStore:
                     Bucket=self.location.bucket, Key=self.location.key(blob)
                 )
             except ClientError as exc:
-                if _error_code(exc) in _MISSING:
+                if _error_code(exc) in _NO_OBJECT:
                     raise FileNotFoundError(f"no blob {blob} in {self.location}") from None
                 raise
             try:
@@ -439,7 +441,7 @@ class S3BlobStore:
         try:
             yield
         except ClientError as exc:
-            if _error_code(exc) in _MISSING:
+            if _error_code(exc) in _NO_OBJECT:
                 raise
             raise StorageUnavailable(self._unavailable(doing, exc)) from exc
         except (BotoCoreError, TimeoutError) as exc:

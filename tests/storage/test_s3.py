@@ -369,6 +369,22 @@ async def test_a_store_that_goes_down_is_a_transient_fault(
         assert not store.cache.path(blob).exists()
 
 
+async def test_a_bucket_removed_while_running_is_a_fault_not_a_missing_blob(
+    moto: MotoServer, tmp_path: Path, refs: References
+) -> None:
+    moto.create_bucket("short-lived")
+    (tmp_path / "a").write_bytes(b"no bucket to go to")
+    async with open_store(moto, tmp_path / "c", refs, "p", bucket="short-lived") as store:
+        moto.admin().delete_bucket(Bucket="short-lived")
+
+        with pytest.raises(StorageUnavailable) as storing:
+            await store.put_file(tmp_path / "a")
+        with pytest.raises(StorageUnavailable):
+            await store.local_path(sha(b"something stored before"))
+
+    assert "NoSuchBucket" in storing.value.message
+
+
 async def test_a_store_down_at_start_says_where_it_looked(tmp_path: Path, refs: References) -> None:
     server = MotoServer().start()
     server.stop()  # nothing listens there any more
