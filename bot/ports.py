@@ -236,7 +236,8 @@ class BlobStore(Protocol):
     async def local_path(self, blob: str) -> Path:
         """A local file holding the blob's bytes, for media work (fitting, checks, uploads to
         chat). Local files: the blob itself; an object store: a cached copy, fetched (streamed)
-        when missing. ``FileNotFoundError`` when no such blob is stored."""
+        when missing. A blob that is not stored raises ``FileNotFoundError``, here (an object
+        store) or when the path is opened (local files)."""
         ...
 
     async def put_file(self, source: Path) -> str:

@@ -187,7 +187,7 @@ class Settings(BaseSettings):
     )
     blob_cache_bytes: Annotated[int, Field(ge=0)] = Field(
         2 * 1024**3,
-        description="how many bytes of an object store's blobs to keep cached on local disk",
+        description="how many bytes of an object store's blobs to keep on local disk, 0 or more",
     )
     aws_access_key_id: str | None = _env("AWS_ACCESS_KEY_ID")
     aws_secret_access_key: SecretStr | None = _env("AWS_SECRET_ACCESS_KEY")
