@@ -41,13 +41,13 @@ async def _nothing_referenced(blob: str) -> bool:
 
 
 async def run() -> Result:
-    moto = await asyncio.to_thread(MotoServer().start)
+    moto = MotoServer().start()  # from this thread: the server ends with it (before timing)
     try:
-        await asyncio.to_thread(moto.create_bucket, BUCKET)
+        moto.create_bucket(BUCKET)
         async with result_server(RESULT_BYTES) as url:
             return await _measure(moto, url)
     finally:
-        await asyncio.to_thread(moto.stop)
+        moto.stop()
 
 
 def _peak_above(idle_kib: int, sampler: RssSampler, hwm_reset: bool) -> float:

@@ -247,12 +247,9 @@ class S3BlobStore:
                     "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and that they may read and "
                     "write the bucket."
                 ) from None
-            raise StorageUnavailable(self._unavailable("checking the bucket", exc)) from exc
+            raise StorageUnavailable(self._unreachable(exc)) from exc
         except (BotoCoreError, TimeoutError) as exc:
-            raise StorageUnavailable(
-                self._unavailable("checking the bucket", exc)
-                + " Check AWS_ENDPOINT_URL if the address is wrong."
-            ) from exc
+            raise StorageUnavailable(self._unreachable(exc)) from exc
 
     async def probe(self) -> None:
         """Write, read back and remove a small object: proof the keys may do all three
@@ -451,6 +448,12 @@ class S3BlobStore:
         return (
             f"The object store {self.location} at {self._access.where} cannot be used right "
             f"now ({doing}: {exc}); jobs keep their state and retry."
+        )
+
+    def _unreachable(self, exc: Exception) -> str:
+        return (
+            f"The object store {self.location} at {self._access.where} cannot be used ({exc}): "
+            "start again once it answers, or check AWS_ENDPOINT_URL if the address is wrong."
         )
 
     def _disk_fault(self, doing: str, exc: OSError) -> str:

@@ -9,8 +9,11 @@ plain boto3 (``admin``).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,8 +31,16 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 REGION = "us-east-1"
+PR_SET_PDEATHSIG = 1
 #: Keys an open server accepts (any would do).
 OPEN_KEYS = ("AKIAOPENTESTKEY00000", "open-test-secret")
+
+
+def _die_with_parent() -> None:
+    """In the server's process before it starts (Linux): get SIGTERM when the thread that
+    started it ends, so a test run that is killed leaves no server behind."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:
@@ -40,7 +51,10 @@ def _free_port() -> int:
 
 
 class MotoServer:
-    """``python -m moto.server`` on a free loopback port; ``start`` waits until it answers."""
+    """``python -m moto.server`` on a free loopback port; ``start`` waits until it answers.
+
+    Start it from the thread that stays (the test's or the event loop's): the server ends with
+    the thread that started it."""
 
     def __init__(self, *, locked: bool = False) -> None:
         self.locked = locked
@@ -57,6 +71,7 @@ class MotoServer:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 env={**os.environ, "MOTO_CALL_RESET_API": "false"},
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
             if self._wait():
                 break
