@@ -84,7 +84,8 @@ async def build(
             httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
         )
         metrics = PrometheusMetrics()
-        presign = blobs.presigned_url if isinstance(blobs, S3BlobStore) else None
+        remote = blobs if isinstance(blobs, S3BlobStore) else None
+        presign = remote.presigned_url if remote is not None else None
         links = media_links(settings, settings.media_link_seconds, presign=presign)
         context = ProviderContext(settings, client, links, metrics)
         providers = await _providers(context, stack)
@@ -125,7 +126,7 @@ async def build(
         web_app = build_app(
             engine,
             health,
-            routes=[media_route(links, blobs.local_path), *routes],
+            routes=[media_route(links, blobs.local_path, remote), *routes],
             metrics=metrics.exposition,
             metrics_type=CONTENT_TYPE,
         )

@@ -123,6 +123,24 @@ class S3Access:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class BlobRange:
+    """A blob's bytes, or a range of them, as the store answers a GET: the HTTP status (200,
+    206, or 416 for a range past the end), how many bytes follow, and for 206 and 416 the
+    ``Content-Range`` to answer with."""
+
+    status: int
+    length: int
+    content_range: str | None
+    chunks: AsyncIterator[bytes]
+
+
+async def _no_chunks() -> AsyncIterator[bytes]:
+    empty: tuple[bytes, ...] = ()
+    for chunk in empty:
+        yield chunk
+
+
 class CacheWriter:
     """The cache's file writer as the ``BlobWriter`` port: a write the disk refuses (full,
     read-only) is ``StorageUnavailable``, not a bare ``OSError``."""
@@ -323,6 +341,47 @@ class S3BlobStore:
                 async with self._faults("removing a blob"):
                     await self._client.delete_object(Bucket=self.location.bucket, Key=key)
                 await self.cache.remove(blob)
+
+    async def cached_path(self, blob: str) -> Path | None:
+        """The cached copy when this instance has one (nothing is fetched)."""
+        self.location.key(blob)
+        return await self.cache.get(blob)
+
+    @asynccontextmanager
+    async def open_range(
+        self, blob: str, byte_range: str | None, *, head: bool = False
+    ) -> AsyncIterator[BlobRange]:
+        """Stream the blob, or the part an HTTP ``Range`` header asks for, straight from the
+        store without a local copy (the ``/media`` route on an instance that has none);
+        ``head``: its length alone. ``FileNotFoundError`` when the bucket has no such blob."""
+        bucket, key = self.location.bucket, self.location.key(blob)
+        async with self._faults("reading a blob"):
+            try:
+                if head:
+                    about = await self._client.head_object(Bucket=bucket, Key=key)
+                    yield BlobRange(200, about["ContentLength"], None, _no_chunks())
+                    return
+                if byte_range:
+                    answer = await self._client.get_object(Bucket=bucket, Key=key, Range=byte_range)
+                else:
+                    answer = await self._client.get_object(Bucket=bucket, Key=key)
+            except ClientError as exc:
+                code = _error_code(exc)
+                if code in _NO_OBJECT:
+                    raise FileNotFoundError(f"no blob {blob} in {self.location}") from None
+                if code != "InvalidRange":
+                    raise
+                size = (await self._client.head_object(Bucket=bucket, Key=key))["ContentLength"]
+                yield BlobRange(416, 0, f"bytes */{size}", _no_chunks())
+                return
+            status = answer["ResponseMetadata"]["HTTPStatusCode"]
+            async with answer["Body"] as body:
+                yield BlobRange(
+                    status,
+                    answer["ContentLength"],
+                    answer.get("ContentRange") if status == 206 else None,
+                    body.iter_chunks(CHUNK_BYTES),
+                )
 
     async def presigned_url(
         self, blob: str, ttl_seconds: int, content_type: str | None = None

@@ -17,8 +17,10 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
 
@@ -111,11 +113,43 @@ class MediaLinks:
         return blob, mime
 
 
-def media_route(links: MediaLinks, local_path: Callable[[str], Awaitable[Path]]) -> web.RouteDef:
+class StreamedBlob(Protocol):
+    """A blob's bytes (or a range of them) as an object store answers them."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def length(self) -> int: ...
+
+    @property
+    def content_range(self) -> str | None: ...
+
+    @property
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+
+class RemoteBlobs(Protocol):
+    """An object store as the ``/media`` route reads it: its local copy when this instance has
+    one, else the bytes straight from the store (HTTP Range passed through)."""
+
+    async def cached_path(self, blob: str) -> Path | None: ...
+
+    def open_range(
+        self, blob: str, byte_range: str | None, *, head: bool = False
+    ) -> AbstractAsyncContextManager[StreamedBlob]: ...
+
+
+def media_route(
+    links: MediaLinks,
+    local_path: Callable[[str], Awaitable[Path]],
+    remote: RemoteBlobs | None = None,
+) -> web.RouteDef:
     """``GET /media/{token}``: the blob's exact bytes with its type, length and Range support.
 
-    ``local_path`` is the blob store's: the blob itself for local files, the cached copy (fetched
-    first when missing) for an object store. A store that is down answers 503 with a retry hint.
+    ``local_path`` is the blob store's. With ``remote`` (an object store), a blob this instance
+    has no copy of is streamed from the store as it comes, so the first byte does not wait for
+    the whole file and serving a link fills no disk. A store that is down answers 503.
     """
 
     async def serve(request: web.Request) -> web.StreamResponse:
@@ -123,8 +157,12 @@ def media_route(links: MediaLinks, local_path: Callable[[str], Awaitable[Path]])
         if named is None:
             raise web.HTTPNotFound()
         blob, mime = named
+        headers = {"Content-Type": mime, "Cache-Control": "private, max-age=300"}
         try:
-            path = await local_path(blob)
+            path = await remote.cached_path(blob) if remote is not None else None
+            if remote is not None and path is None:
+                return await _stream(request, remote, blob, headers)
+            path = path or await local_path(blob)
         except FileNotFoundError:
             raise web.HTTPNotFound() from None
         except StorageUnavailable as exc:
@@ -133,8 +171,26 @@ def media_route(links: MediaLinks, local_path: Callable[[str], Awaitable[Path]])
             ) from None
         if not await asyncio.to_thread(path.is_file):
             raise web.HTTPNotFound()
-        return web.FileResponse(
-            path, headers={"Content-Type": mime, "Cache-Control": "private, max-age=300"}
-        )
+        return web.FileResponse(path, headers=headers)
 
     return web.get("/media/{token}", serve)
+
+
+async def _stream(
+    request: web.Request, remote: RemoteBlobs, blob: str, headers: dict[str, str]
+) -> web.StreamResponse:
+    """The store's answer passed on: status, length and range as it gave them, then the bytes
+    a chunk at a time. A fault once bytes have gone out cuts the response short (its length
+    then tells the client)."""
+    head = request.method == "HEAD"
+    async with remote.open_range(blob, request.headers.get("Range"), head=head) as answer:
+        response = web.StreamResponse(status=answer.status, headers=headers)
+        response.content_length = answer.length
+        response.headers["Accept-Ranges"] = "bytes"
+        if answer.content_range:
+            response.headers["Content-Range"] = answer.content_range
+        await response.prepare(request)
+        async for chunk in answer.chunks:
+            await response.write(chunk)
+        await response.write_eof()
+        return response

@@ -282,28 +282,62 @@ async def test_a_presigned_link_gives_anyone_the_bytes_with_the_type(
     assert response.headers["Content-Type"] == "video/mp4"
 
 
+@pytest.mark.parametrize("copy", ["streamed from the store", "served from the local copy"])
 async def test_the_media_route_serves_a_blob_of_the_store_with_ranges(
-    store: S3BlobStore, other_instance: S3BlobStore, tmp_path: Path
+    store: S3BlobStore, other_instance: S3BlobStore, tmp_path: Path, copy: str
 ) -> None:
-    data = os.urandom(300_000)
+    data = os.urandom(3 * MiB + 5)  # several chunks
     (tmp_path / "v").write_bytes(data)
-    blob = await store.put_file(tmp_path / "v")
+    blob = await store.put_file(tmp_path / "v")  # the storing instance keeps a copy
+    serving = other_instance if copy == "streamed from the store" else store
     links = MediaLinks(b"s" * 32, "https://bot.example", ttl_seconds=600)
     app = web.Application()
-    app.add_routes([media_route(links, other_instance.local_path)])  # nothing cached there yet
+    app.add_routes([media_route(links, serving.local_path, serving)])
     async with TestServer(app, port=0) as server, httpx.AsyncClient() as client:
         url = str(server.make_url(f"/media/{links.token(blob, 'video/mp4')}"))
         whole = await client.get(url)
         part = await client.get(url, headers={"Range": "bytes=100-199"})
+        tail = await client.get(url, headers={"Range": "bytes=-10"})
+        past = await client.get(url, headers={"Range": f"bytes={len(data) + 10}-"})
+        head = await client.head(url)
         missing = await client.get(
             str(server.make_url(f"/media/{links.token('0' * 64, 'video/mp4')}"))
         )
 
     assert whole.status_code == 200 and whole.content == data
     assert whole.headers["Content-Type"] == "video/mp4"
+    assert whole.headers["Content-Length"] == str(len(data))
     assert part.status_code == 206 and part.content == data[100:200]
     assert part.headers["Content-Range"] == f"bytes 100-199/{len(data)}"
+    assert part.headers["Content-Length"] == "100"
+    assert tail.status_code == 206 and tail.content == data[-10:]
+    assert past.status_code == 416
+    assert past.headers["Content-Range"] == f"bytes */{len(data)}"
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["Content-Length"] == str(len(data))
     assert missing.status_code == 404
+    if serving is other_instance:  # a link served from the store leaves nothing on disk
+        assert not other_instance.cache.path(blob).exists()
+
+
+async def test_the_media_route_answers_503_while_the_store_is_down(
+    tmp_path: Path, refs: References
+) -> None:
+    server = MotoServer().start()
+    server.create_bucket(BUCKET)
+    links = MediaLinks(b"s" * 32, "https://bot.example", ttl_seconds=600)
+    async with open_store(server, tmp_path / "cache", refs, "p") as store:
+        app = web.Application()
+        app.add_routes([media_route(links, store.local_path, store)])
+        server.stop()
+        async with TestServer(app, port=0) as site, httpx.AsyncClient() as client:
+            answer = await client.get(
+                str(site.make_url(f"/media/{links.token('a' * 64, 'image/png')}"))
+            )
+
+    assert answer.status_code == 503
+    assert answer.headers["Retry-After"] == "30"
+    assert "cannot be used right now" in answer.text
 
 
 # -- set-up mistakes and faults ---------------------------------------------------------------
