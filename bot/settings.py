@@ -183,7 +183,8 @@ class Settings(BaseSettings):
     )
     blob_url: str | None = Field(
         None,
-        description="file:///path/to/folder or s3://bucket/prefix (default: files in R2V_DATA_DIR)",
+        description="file:///path/to/folder, file://relative/folder or s3://bucket/prefix "
+        "(default: files in R2V_DATA_DIR)",
     )
     blob_cache_bytes: Annotated[int, Field(ge=0)] = Field(
         2 * 1024**3,
@@ -252,8 +253,8 @@ class Settings(BaseSettings):
     def _blob_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        if not value.startswith(("file:///", "s3://")):
-            raise ValueError("must start with file:/// or s3://")
+        if not value.startswith(("file://", "s3://")):
+            raise ValueError("must start with file:// or s3://")
         return value
 
     @field_validator("data_dir")

@@ -1,9 +1,9 @@
 """Which blob store ``R2V_BLOB_URL`` names, opened: the composition root's one call for blobs.
 
-Unset: files in the data folder (the embedded default, no service needed). ``file:///path``:
-files in that folder. ``s3://bucket/prefix``: an S3-compatible object store, reached with the
-usual ``AWS_*`` variables (``AWS_ENDPOINT_URL`` for a store that is not AWS), with a bounded
-local cache in the data folder for media work.
+Unset: files in the data folder (the embedded default, no service needed). ``file:///path`` (or
+``file://relative/path``, from the working folder): files in that folder. ``s3://bucket/prefix``:
+an S3-compatible object store, reached with the usual ``AWS_*`` variables (``AWS_ENDPOINT_URL``
+for a store that is not AWS), with a bounded local cache in the data folder for media work.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
 from bot.errors import ConfigurationError
 from bot.settings import Settings
@@ -28,13 +28,13 @@ def blob_folder(settings: Settings) -> Path | None:
         return settings.blob_dir
     if url.startswith("s3://"):
         return None
-    parsed = urlparse(url)
-    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost") or not parsed.path:
+    folder = unquote(url.removeprefix("file://"))
+    if not url.startswith("file://") or not folder:
         raise ConfigurationError(
-            f"R2V_BLOB_URL={url!r} is not accepted: expected file:///absolute/path/to/folder or "
-            "s3://bucket/prefix."
+            f"R2V_BLOB_URL={url!r} is not accepted: expected file:///absolute/folder, "
+            "file://relative/folder or s3://bucket/prefix."
         )
-    return Path(unquote(parsed.path))
+    return Path(folder).expanduser().absolute()
 
 
 def s3_access(settings: Settings) -> S3Access:

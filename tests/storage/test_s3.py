@@ -433,7 +433,7 @@ async def test_a_store_down_at_start_says_where_it_looked(tmp_path: Path, refs: 
 
 
 async def test_r2v_blob_url_chooses_the_store(
-    moto: MotoServer, tmp_path: Path, refs: References
+    moto: MotoServer, tmp_path: Path, refs: References, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     in_bucket = moto.settings(tmp_path / "data", f"s3://{BUCKET}/from-settings")
     async with open_blob_store(in_bucket, refs) as store:
@@ -445,6 +445,11 @@ async def test_r2v_blob_url_chooses_the_store(
     as_files = moto.settings(tmp_path / "data", f"file://{folder}")
     async with open_blob_store(as_files, refs) as files:
         assert isinstance(files, FileBlobStore) and files.root == folder
+
+    monkeypatch.chdir(tmp_path)
+    relative = moto.settings(tmp_path / "data", "file://kept/blobs")
+    async with open_blob_store(relative, refs) as files:
+        assert isinstance(files, FileBlobStore) and files.root == tmp_path / "kept" / "blobs"
 
     default = moto.settings(tmp_path / "data", "")
     async with open_blob_store(default, refs) as files:
