@@ -546,3 +546,20 @@ async def test_port_discard_keeps_what_is_referenced(
     assert (await any_store.local_path(kept)).read_bytes() == b"kept"
     with pytest.raises(FileNotFoundError):
         (await any_store.local_path(dropped)).read_bytes()
+
+
+async def test_port_same_content_gets_one_name_and_the_source_stays(
+    any_store: BlobStore, tmp_path: Path
+) -> None:
+    data = os.urandom(200_000)
+    (tmp_path / "a").write_bytes(data)
+    (tmp_path / "b").write_bytes(data)
+
+    one = await any_store.put_file(tmp_path / "a")
+    async with any_store.writer(max_bytes=len(data)) as writer:
+        await writer.write(data)
+    two = await any_store.put_file(tmp_path / "b")
+
+    assert one == writer.sha256 == two == sha(data)
+    assert (tmp_path / "a").read_bytes() == data
+    assert (await any_store.local_path(one)).read_bytes() == data
