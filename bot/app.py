@@ -25,7 +25,7 @@ from adapters.chat.base import ChatAdapter
 from adapters.chat.console import ConsoleChat, ConsoleOutput
 from adapters.chat.console import run_console as console_session
 from adapters.http import HttpServer, build_app
-from adapters.http.media import MediaLinks, media_route
+from adapters.http.media import MediaLinks, Presign, media_route
 from adapters.metrics import CONTENT_TYPE, PrometheusMetrics
 from adapters.providers.base import ProviderContext
 from adapters.providers.registry import hosted_providers
@@ -39,10 +39,11 @@ from bot.ports import ChatPort, Provider
 from bot.prompt_filter import PromptFilter
 from bot.roster import Roster
 from bot.settings import Settings
-from storage.blobs import FileBlobStore
+from storage.blob_stores import open_blob_store
 from storage.characters import SqlCharacterStore
 from storage.database import DataFolderLock, migrations_for, open_database, sqlite_path
 from storage.jobs import SqlJobStore
+from storage.s3 import S3BlobStore
 from storage.servers import SqlServerStore
 from storage.sql import SqlDatabase
 
@@ -86,13 +87,14 @@ async def build(
         db = await open_database(settings.database_url, settings.data_dir)
         stack.push_async_callback(db.close)
         secret = shared_secret(settings, db.dialect)
-        blobs = FileBlobStore(settings.blob_dir, db.blob_in_use)
-        await blobs.cleanup_tmp(older_than=3600)
+        blobs = await stack.enter_async_context(open_blob_store(settings, db.blob_in_use))
         client = await stack.enter_async_context(
             httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
         )
         metrics = PrometheusMetrics()
-        links = media_links(settings, settings.media_link_seconds)
+        remote = blobs if isinstance(blobs, S3BlobStore) else None
+        presign = remote.presigned_url if remote is not None else None
+        links = media_links(settings, settings.media_link_seconds, presign=presign)
         context = ProviderContext(settings, client, links, metrics)
         providers = await _providers(context, stack)
         http: HttpServer | None = None
@@ -147,7 +149,7 @@ async def build(
         web_app = build_app(
             engine,
             health,
-            routes=[media_route(links, blobs.path), *routes],
+            routes=[media_route(links, blobs.local_path, remote), *routes],
             metrics=metrics.exposition,
             metrics_type=CONTENT_TYPE,
         )
@@ -247,14 +249,15 @@ async def run_console(
 CHAT_LINK_SECONDS = 7 * 24 * 3600
 
 
-def media_links(settings: Settings, ttl_seconds: int) -> MediaLinks:
+def media_links(settings: Settings, ttl_seconds: int, presign: Presign | None = None) -> MediaLinks:
     """Signed ``/media`` links: under ``R2V_SECRET`` when set (any instance checks them), else
-    under the key kept in the data folder."""
+    under the key kept in the data folder; with ``presign``, an object store's own links for
+    providers."""
     if settings.secret is not None:
         secret = settings.secret.get_secret_value().encode()
     else:
         secret = load_or_create_secret(settings.data_dir / "secrets" / "media.key").encode()
-    return MediaLinks(secret, settings.public_url, ttl_seconds=ttl_seconds)
+    return MediaLinks(secret, settings.public_url, ttl_seconds=ttl_seconds, presign=presign)
 
 
 def shared_secret(settings: Settings, dialect: str) -> bytes:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bot.cli import writable
-from bot.errors import ConfigurationError
+from bot.errors import ConfigurationError, R2VError
 from bot.jobs import PRICE_UNKNOWN
 from bot.settings import PROVIDER_KEY_FIELDS, Settings, env_name
 
@@ -74,6 +74,8 @@ async def checks(settings: Settings) -> list[Check]:
             )
         except Exception as exc:
             results.append(Check(False, f"database {where} fails: {exc}"))
+    if settings.blob_url:
+        results.append(await _blob_check(settings))
     try:
         codec = await asyncio.to_thread(_encode_h264)
         results.append(Check(True, f"PyAV encodes H.264 ({codec})"))
@@ -117,6 +119,36 @@ async def checks(settings: Settings) -> list[Check]:
             )
         )
     return results
+
+
+async def _nothing_referenced(blob: str) -> bool:
+    return False
+
+
+async def _blob_check(settings: Settings) -> Check:
+    """``R2V_BLOB_URL``: the folder is writable, or the bucket exists and our keys may write,
+    read and remove an object in it."""
+    from storage.blob_stores import blob_folder, open_blob_store
+    from storage.s3 import S3BlobStore
+
+    try:
+        folder = blob_folder(settings)
+        if folder is not None:
+            ok = await asyncio.to_thread(writable, folder)
+            state = (
+                "writable"
+                if ok
+                else "NOT writable — set R2V_BLOB_URL to a folder the bot may write to"
+            )
+            return Check(ok, f"blob folder {folder} is {state}")
+        async with open_blob_store(settings, _nothing_referenced) as store:
+            assert isinstance(store, S3BlobStore)
+            await store.probe()
+    except R2VError as exc:
+        return Check(False, f"blob store {settings.blob_url}: {exc.message}")
+    return Check(
+        True, f"blob store {settings.blob_url}: bucket found; objects written, read and removed"
+    )
 
 
 async def _provider_checks(settings: Settings) -> list[Check]:

@@ -731,13 +731,14 @@ class JobEngine:
                 voice_blob, voice_mime = await self._fitted(
                     job.id, ref.voice_blob, MediaKind.VOICE, ref.voice_mime, capabilities
                 )
+            voice_path = await self._blobs.local_path(voice_blob) if voice_blob else None
             references.append(
                 StagedReference(
                     label=ref.label,
                     kind=ref.kind,
-                    path=self._blobs.path(blob),
+                    path=await self._blobs.local_path(blob),
                     mime=mime,
-                    voice_path=self._blobs.path(voice_blob) if voice_blob else None,
+                    voice_path=voice_path,
                     voice_mime=voice_mime,
                     blob=blob,
                     voice_blob=voice_blob,
@@ -760,7 +761,7 @@ class JobEngine:
     ) -> tuple[str, str]:
         """The blob as the provider may take it: itself, or a fitted copy kept with the job."""
         fitted = await fitting.fit_reference(
-            self._blobs.path(blob), kind, mime, capabilities, self._workdir
+            await self._blobs.local_path(blob), kind, mime, capabilities, self._workdir
         )
         if fitted is None:
             return blob, mime
@@ -857,7 +858,7 @@ class JobEngine:
         assert blob is not None
         await self._store.add_blob(job.id, blob, "result")
         try:
-            info = await media.inspect_result(self._blobs.path(blob))
+            info = await media.inspect_result(await self._blobs.local_path(blob))
         except R2VError as exc:
             return await self._fail(job.id, f"the provider's video is unusable: {exc.message}")
         self._metrics.time_to_result(job.provider, self._clock() - (job.submitted_at or 0.0))

@@ -303,12 +303,11 @@ class BlobWriter(Protocol):
 class BlobStore(Protocol):
     """Content-addressed files: a blob's name is the sha256 of its bytes."""
 
-    def path(self, blob: str) -> Path: ...
-
     async def local_path(self, blob: str) -> Path:
         """A local file holding the blob's bytes, for media work (fitting, checks, uploads to
         chat). Local files: the blob itself; an object store: a cached copy, fetched (streamed)
-        when missing."""
+        when missing. A blob that is not stored raises ``FileNotFoundError``, here (an object
+        store) or when the path is opened (local files)."""
         ...
 
     async def put_file(self, source: Path) -> str:

@@ -188,7 +188,25 @@ class Settings(BaseSettings):
     )
     blob_url: str | None = Field(
         None,
-        description="file:///path/to/folder or s3://bucket/prefix (default: files in R2V_DATA_DIR)",
+        description="file:///path/to/folder, file://relative/folder or s3://bucket/prefix "
+        "(default: files in R2V_DATA_DIR)",
+    )
+    blob_cache_bytes: Annotated[int, Field(ge=0)] = Field(
+        2 * 1024**3,
+        description="how many bytes of an object store's blobs to keep on local disk, 0 or more",
+    )
+    aws_access_key_id: str | None = _env("AWS_ACCESS_KEY_ID")
+    aws_secret_access_key: SecretStr | None = _env("AWS_SECRET_ACCESS_KEY")
+    aws_session_token: SecretStr | None = _env("AWS_SESSION_TOKEN")
+    aws_region: str | None = Field(
+        None,
+        validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"),
+        description="an AWS region name, e.g. eu-central-1",
+    )
+    aws_endpoint_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("AWS_ENDPOINT_URL"),
+        description="the http(s) URL of an S3-compatible store that is not AWS",
     )
     secret: SecretStr | None = Field(
         None,
@@ -224,6 +242,7 @@ class Settings(BaseSettings):
         "fal_jwks_url",
         "atlascloud_jwks_url",
         "local_url",
+        "aws_endpoint_url",
         *(f"{p}_base_url" for p in HOSTED_PROVIDERS),
     )
     @classmethod
@@ -238,6 +257,15 @@ class Settings(BaseSettings):
     @classmethod
     def _region(cls, value: object) -> object:
         return value.strip().lower() or None if isinstance(value, str) else value
+
+    @field_validator("blob_url")
+    @classmethod
+    def _blob_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("file://", "s3://")):
+            raise ValueError("must start with file:// or s3://")
+        return value
 
     @field_validator("data_dir")
     @classmethod

@@ -3,6 +3,10 @@
 A token names one blob and its content type until a moment, signed with HMAC-SHA256 under a
 secret kept in the data folder. Altered or expired tokens answer 404, exactly like a blob that
 does not exist, so a link says nothing to anyone who guesses at it.
+
+When blobs live in an object store, providers are handed the store's own presigned links instead
+(``fetch_url``): the bytes then go from the store to the provider without passing through us.
+The ``/media`` route still serves every blob (links in chat last longer than a presigned one may).
 """
 
 from __future__ import annotations
@@ -13,10 +17,17 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
+
+from bot.errors import StorageUnavailable
+
+#: Makes a link straight to a blob in an object store: (blob, seconds valid, content type).
+Presign = Callable[[str, int, str], Awaitable[str]]
 
 _BLOB = re.compile(r"[0-9a-f]{64}")
 _MIME = re.compile(r"[a-z]+/[a-z0-9.+-]+")
@@ -43,7 +54,8 @@ class MediaLinks:
     """Makes and checks signed ``/media`` links.
 
     ``public_url`` is where providers reach us; without it no link can be made (``url_for``
-    answers ``None``), and providers that fetch by URL refuse jobs and say why.
+    answers ``None``), and providers that fetch by URL refuse jobs and say why. ``presign``,
+    given when blobs live in an object store, makes the links ``fetch_url`` hands providers.
     """
 
     def __init__(
@@ -53,11 +65,13 @@ class MediaLinks:
         *,
         ttl_seconds: int = 3600,
         clock: Callable[[], float] = time.time,
+        presign: Presign | None = None,
     ) -> None:
         self._secret = secret
         self.public_url = public_url.rstrip("/") if public_url else None
         self._ttl = ttl_seconds
         self._clock = clock
+        self._presign = presign
 
     def token(self, blob: str, mime: str) -> str:
         if not _BLOB.fullmatch(blob) or not _MIME.fullmatch(mime):
@@ -71,6 +85,13 @@ class MediaLinks:
         if self.public_url is None:
             return None
         return f"{self.public_url}/media/{self.token(blob, mime)}"
+
+    async def fetch_url(self, blob: str, mime: str) -> str | None:
+        """The link a provider fetches a reference from: the object store's presigned link
+        when there is one, else our signed ``/media`` link (``None`` without a public URL)."""
+        if self._presign is not None:
+            return await self._presign(blob, self._ttl, mime)
+        return self.url_for(blob, mime)
 
     def check(self, token: str) -> tuple[str, str] | None:
         """The blob and content type a token names, or ``None`` if altered or expired."""
@@ -92,19 +113,84 @@ class MediaLinks:
         return blob, mime
 
 
-def media_route(links: MediaLinks, blob_path: Callable[[str], Path]) -> web.RouteDef:
-    """``GET /media/{token}``: the blob's exact bytes with its type, length and Range support."""
+class StreamedBlob(Protocol):
+    """A blob's bytes (or a range of them) as an object store answers them."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def length(self) -> int: ...
+
+    @property
+    def content_range(self) -> str | None: ...
+
+    @property
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+
+class RemoteBlobs(Protocol):
+    """An object store as the ``/media`` route reads it: its local copy when this instance has
+    one, else the bytes straight from the store (HTTP Range passed through)."""
+
+    async def cached_path(self, blob: str) -> Path | None: ...
+
+    def open_range(
+        self, blob: str, byte_range: str | None, *, head: bool = False
+    ) -> AbstractAsyncContextManager[StreamedBlob]: ...
+
+
+def media_route(
+    links: MediaLinks,
+    local_path: Callable[[str], Awaitable[Path]],
+    remote: RemoteBlobs | None = None,
+) -> web.RouteDef:
+    """``GET /media/{token}``: the blob's exact bytes with its type, length and Range support.
+
+    ``local_path`` is the blob store's. With ``remote`` (an object store), a blob this instance
+    has no copy of is streamed from the store as it comes, so the first byte does not wait for
+    the whole file and serving a link fills no disk. A store that is down answers 503.
+    """
 
     async def serve(request: web.Request) -> web.StreamResponse:
         named = links.check(request.match_info["token"])
         if named is None:
             raise web.HTTPNotFound()
         blob, mime = named
-        path = blob_path(blob)
+        headers = {"Content-Type": mime, "Cache-Control": "private, max-age=300"}
+        try:
+            path = await remote.cached_path(blob) if remote is not None else None
+            if remote is not None and path is None:
+                return await _stream(request, remote, blob, headers)
+            path = path or await local_path(blob)
+        except FileNotFoundError:
+            raise web.HTTPNotFound() from None
+        except StorageUnavailable as exc:
+            raise web.HTTPServiceUnavailable(
+                text=exc.message, headers={"Retry-After": "30"}
+            ) from None
         if not await asyncio.to_thread(path.is_file):
             raise web.HTTPNotFound()
-        return web.FileResponse(
-            path, headers={"Content-Type": mime, "Cache-Control": "private, max-age=300"}
-        )
+        return web.FileResponse(path, headers=headers)
 
     return web.get("/media/{token}", serve)
+
+
+async def _stream(
+    request: web.Request, remote: RemoteBlobs, blob: str, headers: dict[str, str]
+) -> web.StreamResponse:
+    """The store's answer passed on: status, length and range as it gave them, then the bytes
+    a chunk at a time. A fault once bytes have gone out cuts the response short (its length
+    then tells the client)."""
+    head = request.method == "HEAD"
+    async with remote.open_range(blob, request.headers.get("Range"), head=head) as answer:
+        response = web.StreamResponse(status=answer.status, headers=headers)
+        response.content_length = answer.length
+        response.headers["Accept-Ranges"] = "bytes"
+        if answer.content_range:
+            response.headers["Content-Range"] = answer.content_range
+        await response.prepare(request)
+        async for chunk in answer.chunks:
+            await response.write(chunk)
+        await response.write_eof()
+        return response

@@ -397,8 +397,9 @@ class HostedProvider:
         return None
 
     async def stage_file(self, blob: str, path: str, mime: str) -> str:
-        """A URL the provider can fetch the file from: by default our signed ``/media`` link."""
-        url = self.context.links.url_for(blob, mime)
+        """A URL the provider can fetch the file from: by default our signed ``/media`` link
+        (or the object store's presigned link, when blobs live in one)."""
+        url = await self.context.links.fetch_url(blob, mime)
         if url is None:
             raise ProviderError(
                 f"{self.name} fetches references by URL, and this bot has no public address: "

@@ -57,7 +57,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     clock = Clock()
     links = MediaLinks(SECRET, "https://bot.example/", ttl_seconds=TTL, clock=clock)
     app = web.Application()
-    app.add_routes([media_route(links, blobs.path)])
+    app.add_routes([media_route(links, blobs.local_path)])
     async with TestServer(app, port=0) as server:
         base = str(server.make_url("/"))
         async with httpx.AsyncClient(base_url=base) as client:

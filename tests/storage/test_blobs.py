@@ -68,9 +68,9 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def test_the_store_fits_the_port(store: FileBlobStore) -> None:
+async def test_the_store_fits_the_port(store: FileBlobStore) -> None:
     port: BlobStore = store
-    assert port.path("0" * 64) == store.root / "00" / ("0" * 62)
+    assert await port.local_path("0" * 64) == store.root / "00" / ("0" * 62)
 
 
 async def test_same_content_is_stored_once(store: FileBlobStore, tmp_path: Path) -> None:
