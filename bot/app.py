@@ -173,6 +173,7 @@ async def build(
             workdir=workdir,
             provider_order=settings.provider_order,
             public_url=settings.public_url,
+            media_by_url=presign is not None,
             prompt_filter=PromptFilter.from_file(settings.prompt_blocklist),
         )
         await engine.start()

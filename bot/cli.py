@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bot import __version__
-from bot.errors import ConfigurationError
+from bot.errors import ConfigurationError, StorageUnavailable
 from bot.settings import Settings, load_settings
 
 log = logging.getLogger("r2v")
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             return asyncio.run(run_db(settings, args.action))
-        except ConfigurationError as exc:
+        except (ConfigurationError, StorageUnavailable) as exc:
             print(f"r2v: {exc.message}", file=sys.stderr)
             return 2
     if command == "run":
@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             try:
                 return asyncio.run(run_bot(settings))
-            except ConfigurationError as exc:
+            except (ConfigurationError, StorageUnavailable) as exc:
                 print(f"r2v: {exc.message}", file=sys.stderr)
                 return 2
         args = _parser().parse_args(["console"])
@@ -147,7 +147,7 @@ def _run_console(settings: Settings, args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         return 130
-    except ConfigurationError as exc:
+    except (ConfigurationError, StorageUnavailable) as exc:
         print(f"r2v: {exc.message}", file=sys.stderr)
         return 2
 

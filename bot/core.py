@@ -55,6 +55,7 @@ class Core:
         workdir: Path,
         provider_order: Sequence[str],
         public_url: str | None = None,
+        media_by_url: bool = False,
         prompt_filter: PromptFilter | None = None,
         limits: media.MediaLimits = media.DEFAULT_LIMITS,
         clock: Callable[[], float] = time.time,
@@ -63,7 +64,8 @@ class Core:
         self.engine = engine
         self._blobs = blobs
         self._servers = servers
-        self._public_url = public_url
+        #: Providers can fetch references without our public address (presigned store links).
+        self._media_by_url = media_by_url or public_url is not None
         self._filter = prompt_filter or PromptFilter()
         self._workdir = workdir
         self._provider_order = list(provider_order)
@@ -273,7 +275,7 @@ class Core:
         problem = self.engine.key_problem(name)
         if problem is not None:
             raise Refusal(problem, code="configuration_error")
-        if provider.capabilities.needs_public_media and not self._public_url:
+        if provider.capabilities.needs_public_media and not self._media_by_url:
             raise Refusal(
                 f"{name} fetches the references from this bot by URL, and the bot has "
                 "no public address. The bot's operator must set R2V_PUBLIC_URL.",

@@ -593,7 +593,10 @@ class JobEngine:
                     return
                 except (StorageUnavailable, OSError) as exc:
                     # Disk full, read-only files, a database or bucket gone: the job keeps its
-                    # state and carries on when the fault clears.
+                    # state and carries on when the fault clears. A blob that is gone is not
+                    # such a fault: it will not come back.
+                    if isinstance(exc, FileNotFoundError):
+                        raise
                     log.warning(
                         "job %s: storage unavailable, retrying in %.0f s: %s", job_id, backoff, exc
                     )

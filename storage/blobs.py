@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
-from bot.errors import R2VError
+from bot.errors import R2VError, StorageUnavailable
 
 #: Read and write size for copies, and how much a writer gathers before one write to disk.
 CHUNK_BYTES = 1024 * 1024
@@ -48,6 +49,27 @@ def _human_size(size: int) -> str:
     if size >= 1024:
         return f"{size / 1024:g} KB"
     return f"{size} bytes"
+
+
+#: What the disk says when it is full, read-only or refuses us: faults that pass.
+_DISK_FAULTS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+)
+
+
+@contextmanager
+def disk_faults(where: Path) -> Iterator[None]:
+    """A full, read-only or refusing disk as ``StorageUnavailable``: commands answer
+    ``storage_unavailable`` and jobs wait for the fault to clear."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _DISK_FAULTS:
+            raise
+        raise StorageUnavailable(
+            f"The blob store at {where} cannot be written right now ({exc.strerror}). Free disk "
+            "space or fix the folder's permissions; waiting jobs carry on by themselves."
+        ) from exc
 
 
 def _remove_temp(file: BinaryIO, temp: Path) -> None:
@@ -173,8 +195,9 @@ class FileBlobStore:
 
     async def put_file(self, source: Path) -> str:
         """Store a file's content and answer its sha256; the source is left as it was."""
-        temp, digest = await asyncio.to_thread(self._copy_to_temp, source)
-        await self._install(temp, digest)
+        with disk_faults(self.root):
+            temp, digest = await asyncio.to_thread(self._copy_to_temp, source)
+            await self._install(temp, digest)
         return digest
 
     def _copy_to_temp(self, source: Path) -> tuple[Path, str]:
@@ -200,14 +223,16 @@ class FileBlobStore:
         The blob exists under its real name only once the block exits cleanly; then the
         writer's ``sha256`` is set. On any exception the temporary file is removed.
         """
-        fd, name = await asyncio.to_thread(tempfile.mkstemp, dir=self._tmp, suffix=".part")
+        with disk_faults(self.root):
+            fd, name = await asyncio.to_thread(tempfile.mkstemp, dir=self._tmp, suffix=".part")
         temp = Path(name)
         file = os.fdopen(fd, "wb")
         writer = FileBlobWriter(max_bytes, file)
         try:
             yield writer
-            digest = await writer._finish()
-            await self._install(temp, digest)
+            with disk_faults(self.root):
+                digest = await writer._finish()
+                await self._install(temp, digest)
         except BaseException:
             writer._open = False
             try:

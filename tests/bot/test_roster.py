@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from bot.errors import Refusal
+from bot.errors import Refusal, StorageUnavailable
 from bot.models import Actor, MediaKind, Visibility
 from bot.roster import Roster
 from storage.blobs import FileBlobStore
@@ -210,3 +211,27 @@ async def test_pages_of_ten_by_name(setup: Setup, tmp_path: Path) -> None:
     assert (first.pages, first.total, len(third.characters)) == (3, 23, 3)
     assert len(setup.stored_blobs()) == 1, "identical content is stored once"
     await db.close()
+
+
+class FullDisk(FileBlobStore):
+    """The blob store on a disk with no space left (what the OS answers, at the store's seam)."""
+
+    def _copy_to_temp(self, source: Path) -> tuple[Path, str]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+async def test_a_full_disk_refuses_a_save_with_storage_unavailable_and_stores_nothing(
+    tmp_path: Path,
+) -> None:
+    db = await Database.open(tmp_path / "db.sqlite3")
+    try:
+        store = SqlCharacterStore(db)
+        roster = Roster(store, FullDisk(tmp_path / "blobs", db.blob_in_use), tmp_path / "work")
+        image = make_image(tmp_path / "a.png")
+        with pytest.raises(StorageUnavailable) as caught:
+            await roster.create(OWNER, "alice", [(MediaKind.IMAGE, local_file(image))])
+        assert caught.value.code == "storage_unavailable"
+        assert "No space left" in caught.value.message
+        assert await store.list(OWNER.server_key) == []
+    finally:
+        await db.close()
