@@ -24,19 +24,23 @@ from adapters.chat.base import ChatAdapter
 from adapters.chat.console import ConsoleChat, ConsoleOutput
 from adapters.chat.console import run_console as console_session
 from adapters.http import HttpServer, build_app
+from adapters.http.gallery import export_links, gallery_links, gallery_routes
 from adapters.http.media import MediaLinks, media_route
 from adapters.metrics import CONTENT_TYPE, PrometheusMetrics
 from adapters.providers.base import ProviderContext
 from adapters.providers.registry import hosted_providers
 from adapters.providers.storyboard import StoryboardProvider
 from adapters.webhooks import load_or_create_secret
+from bot.archive import Archive
 from bot.core import Core
+from bot.gallery import Gallery
 from bot.jobs import EngineLimits, JobEngine
 from bot.models import Actor
 from bot.ports import ChatPort, Provider
 from bot.prompt_filter import PromptFilter
 from bot.roster import Roster
 from bot.settings import Settings
+from bot.thumbnails import Thumbnails
 from storage.blobs import FileBlobStore
 from storage.characters import SqliteCharacterStore
 from storage.db import Database
@@ -121,10 +125,27 @@ async def build(
                 return {"ok": False, "database": False}
             return {"ok": True, "database": True, "open_jobs": open_jobs}
 
+        def page_base() -> str | None:
+            # Without a public address, links work only where the bot runs: the console.
+            if settings.public_url or set(chats) != {"console"}:
+                return settings.public_url
+            return http.local_url if http is not None else None
+
+        hours = settings.gallery_link_hours
+        gallery = gallery_links(links.signer, page_base, hours)
+        exports = export_links(links.signer, page_base, hours)
+        pages = gallery_routes(
+            Gallery(SqliteCharacterStore(db), SqliteJobStore(db)),
+            gallery,
+            blobs,
+            Thumbnails(settings.data_dir / "thumbnails"),
+            exports,
+            settings.outbox_dir,
+        )
         web_app = build_app(
             engine,
             health,
-            routes=[media_route(links, blobs.path), *routes],
+            routes=[media_route(links, blobs.path), *pages, *routes],
             metrics=metrics.exposition,
             metrics_type=CONTENT_TYPE,
         )
@@ -149,6 +170,16 @@ async def build(
             provider_order=settings.provider_order,
             public_url=settings.public_url,
             prompt_filter=PromptFilter.from_file(settings.prompt_blocklist),
+            archive=Archive(
+                SqliteCharacterStore(db),
+                blobs,
+                workdir,
+                settings.outbox_dir,
+                max_per_server=settings.max_characters_per_server,
+                keep_exports_seconds=hours * 3600,
+            ),
+            gallery_link=gallery.url_for,
+            export_link=exports.url_for,
         )
         await engine.start()
         return App(settings, db, core, engine, http, providers, metrics, stack)

@@ -318,6 +318,10 @@ class JobStore(Protocol):
         """Jobs created since ``since`` that reached (or are waiting for) a provider."""
         ...
 
+    async def delivered(self, server_id: str, limit: int) -> Sequence[Job]:
+        """The server's delivered jobs that kept their video, newest first (the gallery)."""
+        ...
+
 
 class ServerStore(Protocol):
     async def settings(self, server_id: str) -> ServerSettings: ...

@@ -350,3 +350,12 @@ class SqliteJobStore:
             (job_id,),
         )
         return [(row["at"], row["from_state"], row["to_state"], row["detail"]) for row in rows]
+
+    async def delivered(self, server_id: str, limit: int) -> Sequence[Job]:
+        """The server's delivered jobs that kept their video, newest first (the gallery)."""
+        rows = await self._db.fetchall(
+            "SELECT * FROM jobs WHERE server_id = ? AND state = 'delivered'"
+            " AND result_blob IS NOT NULL ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            (server_id, limit),
+        )
+        return [_job_from_row(row) for row in rows]
