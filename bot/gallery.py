@@ -155,22 +155,15 @@ class Gallery:
             for item in c.media:
                 if item.blob == blob:
                     return ServedFile(blob, item.info.mime, item.kind)
-        for job in await self._videos(server_id, everyone):
-            if job.result_blob == blob:
-                return ServedFile(blob, "video/mp4", MediaKind.VIDEO)
+        job = await self._jobs.delivered_result(server_id, blob)
+        if job is not None and _shows(job, _private_marks(everyone)):
+            return ServedFile(blob, "video/mp4", MediaKind.VIDEO)
         return None
 
     async def _videos(self, server_id: str, everyone: Sequence[Character]) -> list[Job]:
-        private = [c for c in everyone if c.visibility is Visibility.PRIVATE]
-        hidden_blobs = {m.blob for c in private for m in c.media}
-        hidden_names = {f"@{name_key(c.name)}" for c in private}
-        shown = []
-        for job in await self._jobs.delivered(server_id, self._recent):
-            refs = job.spec.references
-            if any(r.blob in hidden_blobs or name_key(r.source) in hidden_names for r in refs):
-                continue
-            shown.append(job)
-        return shown
+        jobs = await self._jobs.delivered(server_id, self._recent)
+        hidden = _private_marks(everyone)
+        return [job for job in jobs if _shows(job, hidden)]
 
     async def _cards(
         self, server_id: str, characters: Sequence[Character]
@@ -188,6 +181,20 @@ class Gallery:
             )
             for c in characters
         )
+
+
+def _private_marks(everyone: Sequence[Character]) -> frozenset[str]:
+    """What gives a private character away in a job's references: its blobs (so a renamed
+    character is still recognised) and its mention (``@name``, by name key)."""
+    private = [c for c in everyone if c.visibility is Visibility.PRIVATE]
+    return frozenset(
+        [m.blob for c in private for m in c.media] + [f"@{name_key(c.name)}" for c in private]
+    )
+
+
+def _shows(job: Job, hidden: frozenset[str]) -> bool:
+    """Whether a video may be shown: none of its references is a private character's."""
+    return not any(r.blob in hidden or name_key(r.source) in hidden for r in job.spec.references)
 
 
 def _kinds(c: Character) -> tuple[str, ...]:

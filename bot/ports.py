@@ -322,6 +322,10 @@ class JobStore(Protocol):
         """The server's delivered jobs that kept their video, newest first (the gallery)."""
         ...
 
+    async def delivered_result(self, server_id: str, blob: str) -> Job | None:
+        """The server's latest delivered job whose video is ``blob`` (the gallery's files)."""
+        ...
+
 
 class ServerStore(Protocol):
     async def settings(self, server_id: str) -> ServerSettings: ...

@@ -359,3 +359,12 @@ class SqliteJobStore:
             (server_id, limit),
         )
         return [_job_from_row(row) for row in rows]
+
+    async def delivered_result(self, server_id: str, blob: str) -> Job | None:
+        """The server's latest delivered job whose video is ``blob`` (the gallery's files)."""
+        row = await self._db.fetchone(
+            "SELECT * FROM jobs WHERE server_id = ? AND state = 'delivered'"
+            " AND result_blob = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            (server_id, blob),
+        )
+        return _job_from_row(row) if row is not None else None
