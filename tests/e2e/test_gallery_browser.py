@@ -72,7 +72,11 @@ async def test_the_gallery_in_a_browser(tmp_path: Path, chromium: str) -> None:
         async with async_playwright() as p:
             browser = await p.chromium.launch(
                 executable_path=chromium,
-                args=["--autoplay-policy=no-user-gesture-required", "--no-sandbox"],
+                args=[
+                    "--autoplay-policy=no-user-gesture-required",
+                    "--no-sandbox",  # CI runs as root
+                    "--disable-dev-shm-usage",  # containers have a small /dev/shm
+                ],
             )
             try:
                 page = await browser.new_page(viewport={"width": 1100, "height": 900})
