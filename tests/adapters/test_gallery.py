@@ -77,10 +77,18 @@ async def test_the_page_shows_the_public_roster_and_the_videos(site: Site) -> No
     assert "/c/alice" in text  # the prompt's @alice links to her page
     assert "storyboard" in text and "pictures" in text and "voice" in text
     thumbs = site.blob_of(text, "thumb")
+    assert len(thumbs) == 3  # alice's picture, bob's video, and the video's poster frame
     for blob in thumbs:
         answer = await site.get(f"{site.link}/thumb/{blob}")
         assert answer.status_code == 200 and answer.headers["Content-Type"] == "image/jpeg"
         assert answer.content.startswith(b"\xff\xd8")
+    # made once, then kept: a second look reads the same file
+    cache = site.bot.app.settings.data_dir / "thumbnails"
+    made = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    assert len(made) == 3
+    for blob in thumbs:
+        assert (await site.get(f"{site.link}/thumb/{blob}")).status_code == 200
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == made
 
 
 async def test_videos_play_with_range_requests(site: Site) -> None:
