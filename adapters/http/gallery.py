@@ -22,7 +22,7 @@ import datetime
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote, urlencode
@@ -64,6 +64,9 @@ _PAGE_HEADERS: Final = {
         "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
     ),
 }
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class LinkRefused(Exception):
@@ -245,7 +248,7 @@ def gallery_routes(
             headers={
                 **_HEADERS,
                 "Content-Type": "image/jpeg",
-                "Cache-Control": "private, max-age=86400",
+                "Cache-Control": _KEEP_DAY,
             },
         )
 
@@ -256,7 +259,7 @@ def gallery_routes(
             headers={
                 **_HEADERS,
                 "Content-Type": served.mime,
-                "Cache-Control": "private, max-age=3600",
+                "Cache-Control": _KEEP_HOUR,
             },
         )
 
@@ -265,9 +268,7 @@ def gallery_routes(
         name = exports.check(request.match_info["token"])
         path = exports_dir / name
         if not _EXPORT_NAME.fullmatch(name) or not await asyncio.to_thread(path.is_file):
-            raise LinkRefused(
-                "This export is no longer kept. Make a new one with /character export."
-            )
+            raise LinkRefused(GONE)
         return web.FileResponse(
             path,
             headers={
@@ -278,15 +279,14 @@ def gallery_routes(
             },
         )
 
-    def guarded(
-        handler: Callable[[web.Request], Any],
-    ) -> Callable[[web.Request], Any]:
+    def guarded(handler: Handler) -> Handler:
+        """A refused link or file answers 403 with its sentence, from any handler."""
+
         async def run(request: web.Request) -> web.StreamResponse:
             try:
-                response: web.StreamResponse = await handler(request)
+                return await handler(request)
             except LinkRefused as exc:
                 return refused(exc.sentence)
-            return response
 
         return run
 
