@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test samples lint typecheck imports unit bench clean
+.PHONY: run test samples lint typecheck imports unit bench browser clean
 
 run: $(VENV)/.installed
 	$(BIN)/r2v run
@@ -48,6 +48,16 @@ $(VENV)/.installed: $(VENV)/.created pyproject.toml
 $(VENV)/.installed-dev: $(VENV)/.created pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,test]'
 	touch $@ $(VENV)/.installed
+
+# The browser the gallery's tests drive: Debian's chromium, never a downloaded build. Installed when
+# missing and we are root (CI is); otherwise those tests skip and say how to install it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+		else \
+			echo "the gallery's browser tests need chromium: sudo apt-get install chromium"; \
+		fi; }
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

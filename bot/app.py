@@ -25,20 +25,24 @@ from adapters.chat.base import ChatAdapter
 from adapters.chat.console import ConsoleChat, ConsoleOutput
 from adapters.chat.console import run_console as console_session
 from adapters.http import HttpServer, build_app
+from adapters.http.gallery import export_links, gallery_links, gallery_routes
 from adapters.http.media import MediaLinks, Presign, media_route
 from adapters.metrics import CONTENT_TYPE, PrometheusMetrics
 from adapters.providers.base import ProviderContext
 from adapters.providers.registry import hosted_providers
 from adapters.providers.storyboard import StoryboardProvider
 from adapters.webhooks import load_or_create_secret
+from bot.archive import Archive
 from bot.core import Core
 from bot.errors import ConfigurationError
+from bot.gallery import Gallery
 from bot.jobs import EngineLimits, JobEngine
 from bot.models import Actor
 from bot.ports import ChatPort, Provider
 from bot.prompt_filter import PromptFilter
 from bot.roster import Roster
 from bot.settings import Settings
+from bot.thumbnails import Thumbnails
 from storage.blob_stores import open_blob_store
 from storage.characters import SqlCharacterStore
 from storage.database import DataFolderLock, migrations_for, open_database, sqlite_path
@@ -146,10 +150,27 @@ async def build(
                 "instance": engine.instance_id,
             }
 
+        def page_base() -> str | None:
+            # Without a public address, links work only where the bot runs: the console.
+            if settings.public_url or set(chats) != {"console"}:
+                return settings.public_url
+            return http.local_url if http is not None else None
+
+        hours = settings.gallery_link_hours
+        gallery = gallery_links(links.signer, page_base, hours)
+        exports = export_links(links.signer, page_base, hours)
+        pages = gallery_routes(
+            Gallery(SqlCharacterStore(db), SqlJobStore(db)),
+            gallery,
+            blobs,
+            Thumbnails(settings.data_dir / "thumbnails"),
+            exports,
+            settings.outbox_dir,
+        )
         web_app = build_app(
             engine,
             health,
-            routes=[media_route(links, blobs.local_path, remote), *routes],
+            routes=[media_route(links, blobs.local_path, remote), *pages, *routes],
             metrics=metrics.exposition,
             metrics_type=CONTENT_TYPE,
         )
@@ -175,6 +196,16 @@ async def build(
             public_url=settings.public_url,
             media_by_url=presign is not None,
             prompt_filter=PromptFilter.from_file(settings.prompt_blocklist),
+            archive=Archive(
+                SqlCharacterStore(db),
+                blobs,
+                workdir,
+                settings.outbox_dir,
+                max_per_server=settings.max_characters_per_server,
+                keep_exports_seconds=hours * 3600,
+            ),
+            gallery_link=gallery.url_for,
+            export_link=exports.url_for,
         )
         await engine.start()
         return App(settings, db, core, engine, http, providers, metrics, stack)

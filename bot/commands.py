@@ -159,6 +159,32 @@ CATALOG: tuple[Command, ...] = (
     ),
     Command("character delete", "Delete a character (its owner or an admin).", (_character(),)),
     Command(
+        "character export",
+        "Export the server's roster as a ZIP: a JSON manifest and the media (admins).",
+        admin_only=True,
+    ),
+    Command(
+        "character import",
+        "Add the characters of an exported ZIP (admins); shows what it adds, all or nothing.",
+        (
+            _file("file", None, "a ZIP made by /character export", required=True),
+            Option(
+                "clashes",
+                OptionType.CHOICE,
+                "when a name is taken: skip that character, or rename it with a suffix",
+                choices=("skip", "rename"),
+            ),
+            Option(
+                "dry_run",
+                OptionType.BOOLEAN,
+                "only show what would be added and what clashes",
+                default=False,
+            ),
+        ),
+        admin_only=True,
+        examples=("/character import file:./roster.zip clashes:rename",),
+    ),
+    Command(
         "generate",
         "Make a video: name characters with @name and attached files with @ref1, @ref2…",
         (
@@ -200,6 +226,7 @@ CATALOG: tuple[Command, ...] = (
         ),
         examples=('/generate prompt:"@alice and @bob dance on a rooftop" duration:5',),
     ),
+    Command("gallery", "A private link to a web page of the server's characters and videos."),
     Command("jobs", "Your recent jobs, with their states and times."),
     Command("usage", "Today's videos and spending, yours and the server's."),
     Command(

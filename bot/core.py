@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bot import commands, media
+from bot.archive import Archive
 from bot.compose import Composition, GenerateOptions, RefSource, compose
 from bot.errors import ProviderCannotTake, R2VError, Refusal
 from bot.jobs import PRICE_UNKNOWN, JobEngine, estimate_cost
@@ -42,6 +43,8 @@ _GENERATE = commands.CATALOG_BY_NAME["generate"]
 SEED_MAX = commands.SEED_MAX
 
 Handler = Callable[[CommandRequest, dict[str, Any]], Awaitable[Reply]]
+#: A signed, expiring link naming one value (a server for /gallery, a file for an export).
+LinkFor = Callable[[str], str | None]
 
 
 class Core:
@@ -59,6 +62,9 @@ class Core:
         prompt_filter: PromptFilter | None = None,
         limits: media.MediaLimits = media.DEFAULT_LIMITS,
         clock: Callable[[], float] = time.time,
+        archive: Archive | None = None,
+        gallery_link: LinkFor | None = None,
+        export_link: LinkFor | None = None,
     ) -> None:
         self.roster = roster
         self.engine = engine
@@ -71,6 +77,9 @@ class Core:
         self._provider_order = list(provider_order)
         self._limits = limits
         self._clock = clock
+        self._archive = archive
+        self._gallery_link = gallery_link
+        self._export_link = export_link
         self._handlers: Mapping[str, Handler] = {
             "character create": self._character_create,
             "character add": self._character_add,
@@ -79,6 +88,9 @@ class Core:
             "character list": self._character_list,
             "character rename": self._character_rename,
             "character delete": self._character_delete,
+            "character export": self._character_export,
+            "character import": self._character_import,
+            "gallery": self._gallery,
             "generate": self._generate,
             "jobs": self._jobs,
             "usage": self._usage,
@@ -173,6 +185,50 @@ class Core:
     async def _character_delete(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
         c = await self.roster.delete(request.actor, o["name"])
         return Reply(f"Deleted {c.name}.")
+
+    async def _character_export(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
+        exported = await self._needs_archive().export(request.actor)
+        link = self._export_link(exported.path.name) if self._export_link else None
+        return Reply(
+            f"The roster: {exported.characters} characters, {exported.files} files, "
+            f"{media.describe_amount(exported.size)}.",
+            data={"path": str(exported.path), "characters": exported.characters},
+            file=exported.path,
+            file_link=link,
+        )
+
+    async def _character_import(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
+        report = await self._needs_archive().import_(
+            request.actor, _file(o["file"]), clashes=o.get("clashes"), dry_run=o["dry_run"]
+        )
+        return Reply(
+            report.describe(),
+            data={
+                "added": list(report.added),
+                "renamed": dict(report.renamed),
+                "skipped": list(report.skipped),
+                "applied": report.applied,
+            },
+        )
+
+    async def _gallery(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
+        link = self._gallery_link(request.actor.server_key) if self._gallery_link else None
+        if link is None:
+            raise Refusal(
+                "The gallery is a web page of this bot, and it has no web address yet. "
+                "The bot's operator must set R2V_PUBLIC_URL.",
+                code="configuration_error",
+            )
+        return Reply(
+            f"This server's characters and videos: {link}\n"
+            "Anyone with the link can look until it expires; it shows no private character.",
+            data={"link": link},
+        )
+
+    def _needs_archive(self) -> Archive:
+        if self._archive is None:
+            raise Refusal("Exports are not set up on this bot.", code="configuration_error")
+        return self._archive
 
     # -- generation ------------------------------------------------------------------------
 

@@ -713,3 +713,51 @@ def _or_list(names: list[str]) -> str:
     if len(names) <= 1:
         return "".join(names) or "nothing"
     return f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+# --- already clean ---------------------------------------------------------------------------
+
+#: WEBP chunks that hold pixels and nothing else, and the VP8X flags of ICC, EXIF, XMP, animation.
+_WEBP_PIXEL_CHUNKS: Final = frozenset({b"VP8 ", b"VP8L", b"VP8X", b"ALPH"})
+_WEBP_EXTRA_FLAGS: Final = 0x20 | 0x08 | 0x04 | 0x02
+#: A JFIF APP0 segment with no thumbnail: what Pillow writes, and nothing else.
+_JFIF_LENGTH: Final = 14
+
+
+def is_clean_image(path: Path, mime: str) -> bool:
+    """Whether an image that passed ``check_file`` holds pixels alone already, so that keeping
+    its own bytes keeps nothing a save would strip.
+
+    Re-saving a JPEG or a lossy WEBP changes its bytes every time, so a roster moved by export and
+    import would get new hashes and lose a little quality on each move; this tells when the file
+    may be kept as it is. Only the two shapes ``_save_clean`` writes count as clean: a JPEG whose
+    only marker segment is a bare JFIF header and that ends at its EOI, and a WEBP made of pixel
+    chunks only with no ICC, EXIF, XMP or animation flag and nothing after its RIFF body.
+    """
+    data = path.read_bytes()
+    if mime == "image/jpeg":
+        with JpegImagePlugin.JpegImageFile(str(path)) as image:
+            segments = image.applist
+        return data.endswith(b"\xff\xd9") and all(
+            marker == "APP0"
+            and body.startswith(b"JFIF\0")
+            and len(body) == _JFIF_LENGTH
+            and body[-2:] == b"\0\0"
+            for marker, body in segments
+        )
+    if mime == "image/webp":
+        if len(data) < 12 or int.from_bytes(data[4:8], "little") + 8 != len(data):
+            return False
+        position = 12
+        while position + 8 <= len(data):
+            chunk, length = (
+                data[position : position + 4],
+                int.from_bytes(data[position + 4 : position + 8], "little"),
+            )
+            if chunk not in _WEBP_PIXEL_CHUNKS:
+                return False
+            if chunk == b"VP8X" and data[position + 8] & _WEBP_EXTRA_FLAGS:
+                return False
+            position += 8 + length + (length & 1)
+        return position == len(data)
+    return False

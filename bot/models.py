@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -177,6 +178,10 @@ class Reply:
     code: str | None = None
     job_id: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
+    #: A file that goes with the reply (a roster export), and a signed link to the same file
+    #: for platforms where it is over the upload cap (``None`` without a public address).
+    file: Path | None = None
+    file_link: str | None = None
 
     @property
     def is_error(self) -> bool:

@@ -422,6 +422,14 @@ class JobStore(Protocol):
         """Jobs created since ``since`` that reached (or are waiting for) a provider."""
         ...
 
+    async def delivered(self, server_id: str, limit: int) -> Sequence[Job]:
+        """The server's delivered jobs that kept their video, newest first (the gallery)."""
+        ...
+
+    async def delivered_result(self, server_id: str, blob: str) -> Job | None:
+        """The server's latest delivered job whose video is ``blob`` (the gallery's files)."""
+        ...
+
 
 class Wakeups(Protocol):
     """How instances wake each other: a webhook on one wakes the job's owner on another

@@ -176,6 +176,9 @@ class Settings(BaseSettings):
     media_link_seconds: Annotated[int, Field(ge=60)] = Field(
         3600, description="how long a signed /media link stays valid, in seconds (at least 60)"
     )
+    gallery_link_hours: Annotated[int, Field(ge=1, le=24 * 365)] = Field(
+        24, description="how many hours a /gallery link works, 1–8760"
+    )
     prompt_blocklist: Path | None = Field(
         None, description="a text file of words or phrases refused in prompts, one a line"
     )

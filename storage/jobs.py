@@ -527,3 +527,21 @@ class SqlJobStore:
             (job_id,),
         )
         return [(row["at"], row["from_state"], row["to_state"], row["detail"]) for row in rows]
+
+    async def delivered(self, server_id: str, limit: int) -> Sequence[Job]:
+        """The server's delivered jobs that kept their video, newest first (the gallery)."""
+        rows = await self._db.fetchall(
+            "SELECT * FROM jobs WHERE server_id = ? AND state = 'delivered'"
+            " AND result_blob IS NOT NULL ORDER BY created_at DESC, id DESC LIMIT ?",
+            (server_id, limit),
+        )
+        return [_job_from_row(row) for row in rows]
+
+    async def delivered_result(self, server_id: str, blob: str) -> Job | None:
+        """The server's latest delivered job whose video is ``blob`` (the gallery's files)."""
+        row = await self._db.fetchone(
+            "SELECT * FROM jobs WHERE server_id = ? AND state = 'delivered'"
+            " AND result_blob = ? ORDER BY created_at DESC, id DESC LIMIT 1",
+            (server_id, blob),
+        )
+        return _job_from_row(row) if row is not None else None

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 from aiohttp import web
 
 from bot.core import Core
+from bot.media import describe_amount
+from bot.models import Reply
 from bot.ports import ChatPort
 
 
@@ -23,3 +26,22 @@ class ChatAdapter(ChatPort, Protocol):
     async def start(self, core: Core) -> None: ...
 
     async def close(self) -> None: ...
+
+
+def file_or_link(reply: Reply, upload_limit: int) -> tuple[Path | None, str]:
+    """What to do with a reply's file (a roster export) where uploads stop at ``upload_limit``:
+    the file to upload when it fits, else nothing to upload and a line with its signed link."""
+    if reply.file is None:
+        return None, ""
+    size = reply.file.stat().st_size
+    if size <= upload_limit:
+        return reply.file, ""
+    over = (
+        f"It is {describe_amount(size)}, over the {describe_amount(upload_limit)} upload limit here"
+    )
+    if reply.file_link is None:
+        return None, (
+            f"\n{over}, and the bot has no public address for a download link: its operator can "
+            f"set R2V_PUBLIC_URL, or take {reply.file.name} from the bot's outbox folder."
+        )
+    return None, f"\n{over}; download it here (the link expires): {reply.file_link}"

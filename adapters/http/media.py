@@ -50,6 +50,35 @@ def _unb64(text: str) -> bytes:
     return data
 
 
+class Signer:
+    """HMAC-SHA256 tokens: ``<payload>.<signature>``, both unpadded URL-safe base64.
+
+    ``derive`` answers a signer under a key of its own for another purpose (the gallery's links),
+    so a token made for one purpose is never accepted for another, whatever its payload says.
+    """
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def derive(self, purpose: str) -> Signer:
+        return Signer(hmac.new(self._secret, purpose.encode("utf-8"), hashlib.sha256).digest())
+
+    def sign(self, payload: bytes) -> str:
+        signature = hmac.new(self._secret, payload, hashlib.sha256).digest()
+        return f"{_b64(payload)}.{_b64(signature)}"
+
+    def verify(self, token: str) -> bytes | None:
+        """The payload a token carries, or ``None`` when it was not made by this signer."""
+        encoded, _, signature = token.partition(".")
+        try:
+            payload = _unb64(encoded)
+            given = _unb64(signature)
+        except (ValueError, UnicodeError):
+            return None
+        expected = hmac.new(self._secret, payload, hashlib.sha256).digest()
+        return payload if hmac.compare_digest(given, expected) else None
+
+
 class MediaLinks:
     """Makes and checks signed ``/media`` links.
 
@@ -67,7 +96,7 @@ class MediaLinks:
         clock: Callable[[], float] = time.time,
         presign: Presign | None = None,
     ) -> None:
-        self._secret = secret
+        self.signer = Signer(secret)
         self.public_url = public_url.rstrip("/") if public_url else None
         self._ttl = ttl_seconds
         self._clock = clock
@@ -77,9 +106,7 @@ class MediaLinks:
         if not _BLOB.fullmatch(blob) or not _MIME.fullmatch(mime):
             raise ValueError("a media link names a blob (sha256 hex) and a content type")
         expires = int(self._clock()) + self._ttl
-        payload = f"{blob}:{mime}:{expires}".encode("ascii")
-        signature = hmac.new(self._secret, payload, hashlib.sha256).digest()
-        return f"{_b64(payload)}.{_b64(signature)}"
+        return self.signer.sign(f"{blob}:{mime}:{expires}".encode("ascii"))
 
     def url_for(self, blob: str, mime: str) -> str | None:
         if self.public_url is None:
@@ -95,14 +122,8 @@ class MediaLinks:
 
     def check(self, token: str) -> tuple[str, str] | None:
         """The blob and content type a token names, or ``None`` if altered or expired."""
-        encoded, _, signature = token.partition(".")
-        try:
-            payload = _unb64(encoded)
-            given = _unb64(signature)
-        except (ValueError, UnicodeError):
-            return None
-        expected = hmac.new(self._secret, payload, hashlib.sha256).digest()
-        if not hmac.compare_digest(given, expected):
+        payload = self.signer.verify(token)
+        if payload is None:
             return None
         try:
             blob, mime, expires = payload.decode("ascii").split(":")

@@ -195,11 +195,14 @@ async def test_the_catalog_is_synced_globally_as_application_commands(
         "help",
         "settings",
         "usage",
+        "gallery",
         "Save as character",
     }
     assert synced["Save as character"]["type"] == 3
     subs = {o["name"]: o for o in synced["character"]["options"]}
-    assert list(subs) == ["create", "add", "remove", "show", "list", "rename", "delete"]
+    assert list(subs) == [
+        *("create", "add", "remove", "show", "list", "rename", "delete", "export", "import")
+    ]
     # /settings has its own options beside the channel group, so it becomes /settings limits.
     settings = {o["name"]: o for o in synced["settings"]["options"]}
     assert settings["limits"]["type"] == 1

@@ -302,3 +302,21 @@ async def test_a_cancel_and_a_failure_racing_from_two_processes_have_one_winner(
     final = await store.get("j1")
     assert final is not None and final.state is winners[0].state
     assert [e[2] for e in await store.events("j1")] == ["queued", final.state.value]
+
+
+async def test_delivered_jobs_for_the_gallery_newest_first_with_their_video(
+    db: SqlDatabase, store: SqlJobStore
+) -> None:
+    result = "f" * 64
+    for n, created in enumerate((100.0, 300.0, 200.0)):
+        await store.create(make_job(f"j{n}", created=created), [])
+        for state in PATHS[JobState.DELIVERED]:
+            fields = {"result_blob": result} if state is JobState.DELIVERING else {}
+            await store.move(f"j{n}", state, **fields)
+    await store.create(make_job("unfinished", created=400.0), [])
+
+    assert [job.id for job in await store.delivered(SERVER, 10)] == ["j1", "j2", "j0"]
+    assert [job.id for job in await store.delivered(SERVER, 1)] == ["j1"]
+    found = await store.delivered_result(SERVER, result)
+    assert found is not None and found.id == "j1"
+    assert await store.delivered_result("discord:other", result) is None

@@ -37,6 +37,8 @@ class ConsoleOutput:
             event["job"] = reply.job_id
         if reply.data:
             event["data"] = dict(reply.data)
+        if reply.file is not None:
+            event["path"] = str(reply.file.resolve())  # an export: the ZIP in the outbox
         self.emit(event)
 
 
@@ -48,6 +50,8 @@ def _plain(event: dict[str, Any]) -> str:
         return f"· {event['text']}"
     if kind == "video":
         return f"🎞  {event['text']}\n   saved to {event['path']}"
+    if "path" in event:
+        return f"{event['text']}\n   saved to {event['path']}"
     return str(event["text"])
 
 

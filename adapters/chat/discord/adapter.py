@@ -75,6 +75,7 @@ class DiscordAdapter:
             timeout=_DOWNLOAD_TIMEOUT, follow_redirects=False
         )
         self._commands = CommandSet()
+        self._max_upload = max_upload_bytes
         self._client = R2VClient()
         self._delivery = Delivery(
             self._client,
@@ -100,7 +101,9 @@ class DiscordAdapter:
         """Log in, sync the commands (to ``R2V_DISCORD_GUILD`` alone when set), then connect."""
         self._core = core
         self._previous_base = point_at(self._settings.discord_api_base)
-        self._client.r2v_actions = Interactions(core, self._commands, self._downloads)
+        self._client.r2v_actions = Interactions(
+            core, self._commands, self._downloads, max_upload_bytes=self._max_upload
+        )
         self._started = True
         try:
             await self._client.login(self._token)

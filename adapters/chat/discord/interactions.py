@@ -16,7 +16,9 @@ from typing import Any, Final
 import discord
 import httpx
 from discord import app_commands
+from discord.utils import DEFAULT_FILE_SIZE_LIMIT_BYTES
 
+from adapters.chat.base import file_or_link
 from adapters.chat.discord.commands import SAVE_AS_CHARACTER, CommandSet, Invocation
 from adapters.chat.discord.context import actor_of, place_of, reply_content, request_of
 from adapters.chat.discord.files import Attachment, attachment_file
@@ -41,10 +43,18 @@ _FAILED = Reply(
 class Interactions:
     """The bot's answers to every interaction it registered; the views call back into it."""
 
-    def __init__(self, core: Core, commands: CommandSet, downloads: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        core: Core,
+        commands: CommandSet,
+        downloads: httpx.AsyncClient,
+        *,
+        max_upload_bytes: int | None = None,
+    ) -> None:
         self._core = core
         self._commands = commands
         self._downloads = downloads
+        self._max_upload = max_upload_bytes
 
     async def handle(self, interaction: discord.Interaction[Any]) -> None:
         """Answer an application command or autocomplete (buttons and forms reach the views)."""
@@ -235,7 +245,20 @@ class Interactions:
                 thread_id = job.destination.thread_id
                 if thread_id and thread_id != place_of(interaction)[1]:
                     extra = f"\nFollow it in <#{thread_id}>."
-        await interaction.edit_original_response(content=reply_content(reply, extra))
+        upload, link = file_or_link(reply, self._upload_limit(interaction))
+        content = reply_content(reply, extra + link)
+        if upload is None:
+            await interaction.edit_original_response(content=content)
+        else:
+            file = discord.File(upload, filename=upload.name)
+            await interaction.edit_original_response(content=content, attachments=[file])
+
+    def _upload_limit(self, interaction: discord.Interaction[Any]) -> int:
+        """What a reply may upload: the guild's limit where it is known (its boost tier), else
+        the smallest any guild has; never more than the adapter's own cap."""
+        guild = interaction.guild
+        limit = guild.filesize_limit if guild is not None else DEFAULT_FILE_SIZE_LIMIT_BYTES
+        return min(limit, self._max_upload) if self._max_upload is not None else limit
 
     async def _refuse(self, interaction: discord.Interaction[Any], error: R2VError) -> None:
         """An ephemeral refusal as the interaction's first answer."""

@@ -34,6 +34,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.chat.base import file_or_link
 from adapters.chat.slack import modal, syntax
 from adapters.chat.slack.admins import AdminDirectory
 from adapters.chat.slack.files import SLACK_FILE_ORIGINS, SlackFiles
@@ -216,7 +217,7 @@ class SlackAdapter:
         except Exception:
             log.exception("Slack: /r2v %s failed", command.name)
             reply = Reply("Something went wrong on our side; please try again.", "internal_error")
-        await respond(text=reply_text(reply), response_type="ephemeral")
+        await respond(text=_with_file(reply), response_type="ephemeral")
 
     # -- the character form ------------------------------------------------------------------
 
@@ -311,12 +312,12 @@ class SlackAdapter:
     # -- answering ---------------------------------------------------------------------------
 
     async def _respond(self, respond: AsyncRespond, reply: Reply) -> None:
-        await respond(text=reply_text(reply), response_type="ephemeral")
+        await respond(text=_with_file(reply), response_type="ephemeral")
 
     async def _tell(self, channel: str, user: str, reply: Reply) -> None:
         """Only ``user`` sees it: in the channel, or in the bot's DM where the bot cannot post
         in that channel (a private channel it is not in)."""
-        text = reply_text(reply)
+        text = _with_file(reply)
         if channel:
             try:
                 await self.client.chat_postEphemeral(channel=channel, user=user, text=text)
@@ -399,3 +400,9 @@ def _status(job: Job, text: str) -> str:
 
 def _thread(job: Job) -> str | None:
     return job.destination.thread_id or job.destination.status_message_id
+
+
+def _with_file(reply: Reply) -> str:
+    """A reply's text; a file that goes with it (a roster export) becomes its signed link, as
+    an answer only its asker sees cannot carry a file on Slack."""
+    return reply_text(reply) + file_or_link(reply, upload_limit=0)[1]
