@@ -35,8 +35,8 @@ NO_POLLING = {"poll_initial_seconds": 60.0, "poll_max_seconds": 60.0}
 
 
 @asynccontextmanager
-async def running_worker(tmp_path: Path, steps: int) -> AsyncIterator[WorkerServer]:
-    settings = tiny_settings(tmp_path / "worker", tiny_model(), steps=steps)
+async def running_worker(tmp_path: Path, steps: int, **more: object) -> AsyncIterator[WorkerServer]:
+    settings = tiny_settings(tmp_path / "worker", tiny_model(), steps=steps, **more)
     async with WorkerServer(Worker(settings), "127.0.0.1", 0) as server:
         yield server
 
@@ -157,3 +157,30 @@ async def test_the_client_checks_the_workers_signature_and_reports_on_the_worker
     assert "on cpu" in check.detail and not check.webhooks
     assert not refused.ok and "R2V_WORKER_TOKEN" in refused.detail
     assert gone.value.code == "task_unknown" and not gone.value.retryable
+
+
+async def test_the_frame_cap_refuses_a_10_s_clip_before_it_reaches_the_worker(
+    tmp_path: Path,
+) -> None:
+    async with (
+        running_worker(tmp_path, steps=2, max_frames=49) as worker,  # 3 s at 16 fps
+        running_bot(tmp_path, public=False, **bot_settings(worker)) as h,
+    ):
+        await h.character("alice")
+        announced = h.app.providers["local"].capabilities.durations_for(False)
+        ten = await h.run("generate", prompt="@alice waves", duration=10)
+        four = await h.run("generate", prompt="@alice waves", duration=4)
+    async with (
+        running_worker(tmp_path / "second", steps=2) as worker_81,
+        running_bot(
+            tmp_path / "second", public=False, **bot_settings(worker_81, worker_max_frames=33)
+        ) as h,
+    ):
+        capped_by_bot = h.app.providers["local"].capabilities.durations_for(False)
+
+    assert announced == (1, 3)
+    assert ten.code == "duration_out_of_range" and "1–3 s" in ten.text, ten.text
+    assert four.code == "duration_out_of_range"
+    assert not worker.worker.store.records()
+    # The bot's own R2V_WORKER_MAX_FRAMES holds even where the worker announces more.
+    assert capped_by_bot == (1, 2)
