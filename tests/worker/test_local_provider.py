@@ -21,8 +21,9 @@ from bot.errors import ProviderError, WebhookRejected
 from bot.models import JobState
 from bot.ports import LabelStyle
 from bot.settings import load_settings
-from tests.harness import running_bot
-from tests.worker.tiny import TOKEN, tiny_model, tiny_settings
+from tests.harness import running_bot, until
+from tests.worker.test_api import AUTH, submit
+from tests.worker.tiny import TOKEN, make_reference, tiny_model, tiny_settings
 from worker.protocol import webhook_secret
 from worker.server import WorkerServer
 from worker.service import Worker
@@ -184,3 +185,24 @@ async def test_the_frame_cap_refuses_a_10_s_clip_before_it_reaches_the_worker(
     assert not worker.worker.store.records()
     # The bot's own R2V_WORKER_MAX_FRAMES holds even where the worker announces more.
     assert capped_by_bot == (1, 2)
+
+
+async def test_the_place_in_the_workers_queue_reaches_the_status_message(
+    tmp_path: Path,
+) -> None:
+    image = make_reference(tmp_path / "a.png", (320, 320), (10, 200, 10))
+    async with (
+        running_worker(tmp_path, steps=200) as worker,
+        httpx.AsyncClient(base_url=worker.url, headers=AUTH, timeout=30) as direct,
+        running_bot(tmp_path, public=False, **bot_settings(worker)) as h,
+    ):
+        ahead = [(await submit(direct, [image])).json() for _ in range(2)]
+        await h.character("alice")
+        job_id = await h.generate("@alice waves at the camera", duration=2)
+        await until(lambda: any("2nd in its queue" in p.text for p in h.chat.posts), within=20)
+        await h.run("cancel", job=job_id)
+        for task in ahead:
+            await direct.post(f"/v1/tasks/{task['id']}/cancel")
+
+    shown = [post.text for post in h.chat.posts if post.job == job_id]
+    assert any("📨 Sent to local — 2nd in its queue." in text for text in shown), shown
