@@ -223,16 +223,7 @@ class VacePipeline:
         return frames
 
     def release(self) -> None:
-        """Leave the pipeline as it was before a clip: offload hooks reset (and cache hooks'
-        state), every unreferenced tensor collected, the device's allocator cache emptied."""
-        import torch
-
-        self._pipe.maybe_free_model_hooks()
-        _offload_groups(self._pipe)
-        gc.collect()
-        if self.device.startswith("cuda"):
-            with torch.cuda.device(torch.device(self.device)):
-                torch.cuda.empty_cache()
+        release_memory(self._pipe, self.device)
 
     def warm(self, sizes: Sequence[ClipFormat]) -> None:
         """Run one denoising step at each of ``sizes`` (no decoding), so a compiled
@@ -264,6 +255,19 @@ class VacePipeline:
             scheduler = flow_scheduler(self._pipe.scheduler.config, shift)
             self._schedulers[shift] = scheduler
         return scheduler
+
+
+def release_memory(pipe: Any, device: str) -> None:
+    """Leave ``pipe`` as it was before a clip: offload hooks reset (and cache hooks' state),
+    every unreferenced tensor collected, ``device``'s allocator cache emptied."""
+    import torch
+
+    pipe.maybe_free_model_hooks()
+    _offload_groups(pipe)
+    gc.collect()
+    if device.startswith("cuda"):
+        with torch.cuda.device(torch.device(device)):
+            torch.cuda.empty_cache()
 
 
 def flow_scheduler(config: Any, shift: float) -> Any:
