@@ -7,6 +7,7 @@ import io
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -18,7 +19,8 @@ from adapters.http.media import MediaLinks
 from adapters.providers.base import ProviderContext
 from adapters.providers.local import LocalProvider
 from bot.errors import ProviderError, WebhookRejected
-from bot.models import JobState
+from bot.jobs import fit_spec
+from bot.models import JobReference, JobSpec, JobState, MediaKind
 from bot.ports import LabelStyle
 from bot.settings import load_settings
 from tests.harness import running_bot, until
@@ -206,3 +208,36 @@ async def test_the_place_in_the_workers_queue_reaches_the_status_message(
 
     shown = [post.text for post in h.chat.posts if post.job == job_id]
     assert any("📨 Sent to local — 2nd in its queue." in text for text in shown), shown
+
+
+@pytest.mark.parametrize(("max_frames", "longest"), [(81, 5), (49, 3)])
+def test_the_frame_cap_makes_the_engine_pass_a_longer_job_to_the_next_provider(
+    tmp_path: Path, max_frames: int, longest: int
+) -> None:
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        _env_file=None,
+        local_url="http://127.0.0.1:9",  # never asked: the limits are the assumed ones
+        worker_token=TOKEN,
+        worker_max_frames=max_frames,
+    )
+    local = LocalProvider(
+        ProviderContext(settings, httpx.AsyncClient(), MediaLinks(b"k" * 32, None))
+    )
+    reference = JobReference(
+        label="character1", kind=MediaKind.IMAGE, blob="b" * 64, mime="image/png", source="@a"
+    )
+    spec = JobSpec(
+        prompt="character1 waves",
+        original_prompt="@a waves",
+        references=(reference,),
+        duration=10,
+        resolution="480p",
+        aspect_ratio="16:9",
+    )
+
+    assert local.capabilities.durations_for(False) == (1, longest)
+    # ``fit_spec`` is where the engine decides to move down the failover list.
+    assert fit_spec(spec, local.capabilities) is None
+    assert fit_spec(replace(spec, duration=longest + 1), local.capabilities) is None
+    assert fit_spec(replace(spec, duration=longest), local.capabilities) is not None
