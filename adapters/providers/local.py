@@ -31,7 +31,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -100,6 +100,9 @@ class Node:
     ok: bool = False
     #: When status look-ups started failing to reach it (monotonic), or ``None``.
     unreachable_since: float | None = None
+    #: Its task ids whose jobs were handed to another worker while it was away: cancelled when
+    #: it answers again (a restarted worker queues its unfinished tasks again).
+    abandoned: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -278,7 +281,19 @@ class LocalProvider(HostedProvider):
         queued = health.get("queue_length")
         node.queue_length = queued if isinstance(queued, int) else 0
         node.ok = bool(health.get("ok"))
+        await self._cancel_abandoned(node)
         return dict(health)
+
+    async def _cancel_abandoned(self, node: Node) -> None:
+        """Cancel, on a worker that answers again, the tasks handed elsewhere meanwhile."""
+        while node.abandoned:
+            task_id = node.abandoned.pop()
+            try:
+                await node.api.call("POST", cancel_path(quote(task_id, safe="")), ok=(404,))
+            except ProviderError as exc:
+                log.info("local: %s could not cancel %s: %s", node.url, task_id, exc)
+            else:
+                log.info("local: cancelled %s on %s, made elsewhere", task_id, node.url)
 
     # -- tasks -----------------------------------------------------------------------------
 
@@ -382,6 +397,7 @@ class LocalProvider(HostedProvider):
                 raise
             return await self._unreachable(task_id, node, exc)
         node.unreachable_since = None
+        await self._cancel_abandoned(node)
         if response.status_code == 404:
             self._placed.pop(task_id, None)
             raise ProviderError(
@@ -437,6 +453,7 @@ class LocalProvider(HostedProvider):
             task_id,
         )
         self._placed[held] = Placed(other, task_id, placed.request)
+        node.abandoned.append(placed.task_id)
         return TaskStatus(TaskState.PENDING)
 
     async def cancel(self, task_id: str) -> bool:

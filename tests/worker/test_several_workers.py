@@ -5,7 +5,7 @@ stops answering hands its job to another."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -66,22 +66,39 @@ async def test_a_worker_that_stops_answering_hands_its_job_to_another(tmp_path: 
     )
     await slow.start()
     stopped = False
+    stack = AsyncExitStack()
     try:
+        slow_client = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=slow.url, headers=AUTH, timeout=30)
+        )
+        # One model load at a time: diffusers' loading patches torch process-wide, so two
+        # loading in one process at once can trip over each other (the worker loads its
+        # lanes one after another for the same reason).
+        await loaded(slow_client)
+        fast, _ = await stack.enter_async_context(worker(tmp_path / "fast", steps=3))
+        h = await stack.enter_async_context(
+            running_bot(tmp_path, public=False, **both(slow, fast, local_handover_seconds=0))
+        )
+        await h.character("alice")
+        job_id = await h.generate("@alice dances on a rooftop", duration=2)
+        await until(lambda: list(slow.worker.store.records()))
+        (on_slow,) = slow.worker.store.records()
+        await wait_for(slow_client, on_slow.id, {"running"})
+        stopped = True
+        await slow.close()  # the worker goes away mid-render
+        job = await h.delivered(job_id, within=60)
+        # Back on the same port with the same folder, it queues the task again; the bot's
+        # next look at it cancels that copy.
+        back = WorkerServer(Worker(slow.worker.settings), "127.0.0.1", port_of(slow.url))
         async with (
-            httpx.AsyncClient(base_url=slow.url, headers=AUTH, timeout=30) as slow_client,
-            worker(tmp_path / "fast", steps=3) as (fast, _),
-            running_bot(tmp_path, public=False, **both(slow, fast, local_handover_seconds=0)) as h,
+            back,
+            httpx.AsyncClient(base_url=back.url, headers=AUTH, timeout=30) as back_client,
         ):
-            await loaded(slow_client)
-            await h.character("alice")
-            job_id = await h.generate("@alice dances on a rooftop", duration=2)
-            await until(lambda: list(slow.worker.store.records()))
-            (on_slow,) = slow.worker.store.records()
-            await wait_for(slow_client, on_slow.id, {"running"})
-            stopped = True
-            await slow.close()  # the worker goes away mid-render
-            job = await h.delivered(job_id, within=60)
+            await h.app.providers["local"].check_key()
+            again = back.worker.store.get(on_slow.id)
+            await loaded(back_client)  # its model load ends before the next test's begins
     finally:
+        await stack.aclose()
         if not stopped:
             await slow.close()
 
@@ -89,3 +106,8 @@ async def test_a_worker_that_stops_answering_hands_its_job_to_another(tmp_path: 
     (made,) = fast.worker.store.records()
     assert made.request.prompt == on_slow.request.prompt
     assert made.state.value == "succeeded"
+    assert again is not None and again.state.value == "cancelled"
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
