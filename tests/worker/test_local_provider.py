@@ -182,7 +182,7 @@ async def test_the_frame_cap_refuses_a_10_s_clip_before_it_reaches_the_worker(
         capped_by_bot = h.app.providers["local"].capabilities.durations_for(False)
 
     assert announced == (1, 3)
-    assert ten.code == "duration_out_of_range" and "1–3 s" in ten.text, ten.text
+    assert ten.code == "duration_out_of_range" and "local makes 1–3 s" in ten.text, ten.text
     assert four.code == "duration_out_of_range"
     assert not worker.worker.store.records()
     # The bot's own R2V_WORKER_MAX_FRAMES holds even where the worker announces more.
