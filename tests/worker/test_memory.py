@@ -167,3 +167,18 @@ def pipeline_clip() -> Any:
     from worker.formats import ClipFormat
 
     return ClipFormat(64, 32, 17, 3.0)
+
+
+def test_warming_runs_one_step_at_each_size_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    from worker.formats import Formats
+
+    settings = tiny_settings(tmp_path / "w", tiny_model(), max_frames=33)
+    pipeline = load_pipeline(settings, "cpu")
+    traced = Traced()
+    traced.attach(pipeline.pipe)
+    sizes = Formats.from_settings(settings).warm_sizes()
+    pipeline.warm(sizes)
+
+    # Guidance on: two transformer calls a size, one step each.
+    assert len(traced.seen) == 2 * len(sizes) == 6
+    assert traced.alive == 0
