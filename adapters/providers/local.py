@@ -109,7 +109,11 @@ class Node:
         return self.api.base_url
 
     def accepts(self, request: ProviderRequest) -> bool:
-        limits = self.limits or DEFAULT_LIMITS
+        """Whether its announced limits take ``request`` (yes, while it has announced none:
+        its own answer will say)."""
+        limits = self.limits
+        if limits is None:
+            return True
         low, high = limits.durations
         return (
             low <= request.duration <= high
@@ -306,10 +310,14 @@ class LocalProvider(HostedProvider):
     async def _place(self, request: ProviderRequest, exclude: Node | None) -> tuple[Node, str]:
         """Submit to the best worker that takes ``request``; on a worker that cannot take it
         now (unreachable, busy, full), the next. Answers the worker and its task id."""
-        answers = await self._survey()
-        refused_token = next((a for a in answers if isinstance(a, ProviderError) and a.auth), None)
-        if refused_token is not None and len(self._nodes) == 1:
-            raise refused_token
+        stale = self._limits_at is None or time.monotonic() - self._limits_at > LIMITS_MAX_AGE
+        # One worker: its limits, at most a minute old, are all there is to know. Several:
+        # their queues, now.
+        if stale or len(self._nodes) > 1:
+            answers = await self._survey()
+            refused = next((a for a in answers if isinstance(a, ProviderError) and a.auth), None)
+            if refused is not None and len(self._nodes) == 1:
+                raise refused
         candidates = [n for n in self._nodes if n is not exclude and n.accepts(request)]
         # Shortest queue first, then the most GPUs free; workers that did not answer go last,
         # in case they answer now (their own refusal then says why).
@@ -320,16 +328,15 @@ class LocalProvider(HostedProvider):
                 "of references).",
                 code="provider_refused",
             )
-        errors: list[ProviderError] = []
-        for node in candidates:
+        for node in candidates[:-1]:
             try:
                 return node, await self._submit_to(node, request)
             except ProviderError as exc:
-                if not exc.retryable or exc.code == "submit_unknown" or node is candidates[-1]:
+                if not exc.retryable or exc.code == "submit_unknown":
                     raise
                 log.warning("local: %s did not take the task (%s); trying the next", node.url, exc)
-                errors.append(exc)
-        raise errors[-1]  # pragma: no cover (the last candidate raises above)
+        last = candidates[-1]
+        return last, await self._submit_to(last, request)
 
     async def _submit_to(self, node: Node, request: ProviderRequest) -> str:
         task = TaskRequest(
