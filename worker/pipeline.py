@@ -356,8 +356,10 @@ def apply_step_cache(transformer: Any, interval: int) -> None:
 def compile_transformer(transformer: Any) -> None:
     """Compile the transformer's repeated blocks once, with dynamic shapes: one graph serves
     every size and length (a static compile would recompile for each new one, stalling the
-    lane for minutes mid-task)."""
-    transformer.compile_repeated_blocks(fullgraph=True, dynamic=True)
+    lane for minutes mid-task). With the step cache on, its hooks (Python state, a choice per
+    step) sit inside the blocks, so the blocks may break into several graphs instead of one."""
+    cached = bool(getattr(transformer, "is_cache_enabled", False))
+    transformer.compile_repeated_blocks(fullgraph=not cached, dynamic=True)
 
 
 def load_pipeline(settings: WorkerSettings, device: str) -> VacePipeline:
