@@ -206,6 +206,7 @@ class JobEngine:
         self._shown_positions: dict[str, int] = {}
         self._progress_shown: dict[str, float] = {}
         self._rejected_keys: dict[str, str] = {}
+        self._provider_queue_shown: dict[str, int] = {}
         self._pump_lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._closing = False
@@ -612,6 +613,7 @@ class JobEngine:
             self._drivers.pop(job_id, None)
             self._wakes.pop(job_id, None)
             self._progress_shown.pop(job_id, None)
+            self._provider_queue_shown.pop(job_id, None)
             self._changed.set()
             if not self._closing:
                 asyncio.get_running_loop().call_soon(self._schedule_pump)
@@ -828,6 +830,13 @@ class JobEngine:
             )
         if status.state is TaskState.RUNNING and job.state is JobState.SUBMITTED:
             return await self._advance(job.id, JobState.RUNNING, progress=status.progress)
+        position = status.queue_position
+        if status.state is TaskState.PENDING and position is not None:
+            # The provider's own queue (the GPU worker's): shown when the place changes.
+            if self._provider_queue_shown.get(job.id) != position:
+                self._provider_queue_shown[job.id] = position
+                await self._announce(job, queue_position=position)
+            return job
         if status.progress is not None and status.progress != job.progress:
             job = await self._update(job.id, progress=status.progress)
             # Chat platforms rate-limit edits (Discord: about 5 per 5 s a channel).

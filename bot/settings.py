@@ -110,10 +110,22 @@ class Settings(BaseSettings):
     together_api_key: SecretStr | None = _env("TOGETHER_API_KEY")
     atlascloud_api_key: SecretStr | None = _env("ATLASCLOUD_API_KEY")
     local_url: str | None = Field(
-        None, description="the http(s) URL of your GPU worker (r2v worker), e.g. http://gpu:8090"
+        None,
+        description="the http(s) URL of your GPU worker (r2v worker), or several separated by "
+        "commas, e.g. http://gpu1:8090,http://gpu2:8090",
     )
     worker_token: SecretStr | None = Field(
         None, description="the shared bearer token of the GPU worker"
+    )
+    worker_max_frames: Annotated[int, Field(ge=17, le=241)] = Field(
+        81,
+        description="the most frames a GPU worker clip may have, 17–241 (81 is 5 s at 16 fps, "
+        "what Wan 2.1 VACE was trained on); the same variable the worker reads",
+    )
+    local_handover_seconds: Annotated[float, Field(ge=0)] = Field(
+        60.0,
+        description="seconds a GPU worker may stay unreachable before its jobs are sent to "
+        "another one in R2V_LOCAL_URL, 0 or more",
     )
 
     # Each provider's base URL (scheme, host and port only) and label style, overridable because
@@ -244,7 +256,6 @@ class Settings(BaseSettings):
         "fal_rest_url",
         "fal_jwks_url",
         "atlascloud_jwks_url",
-        "local_url",
         "aws_endpoint_url",
         *(f"{p}_base_url" for p in HOSTED_PROVIDERS),
     )
@@ -269,6 +280,23 @@ class Settings(BaseSettings):
         if not value.startswith(("file://", "s3://")):
             raise ValueError("must start with file:// or s3://")
         return value
+
+    @field_validator("local_url")
+    @classmethod
+    def _http_urls(cls, value: str | None) -> str | None:
+        """One worker's URL or several, comma-separated; each checked as an http(s) URL."""
+        if value is None or not value.strip():
+            return None
+        urls = [url.strip() for url in value.split(",") if url.strip()]
+        checked = [cls._http_url(url) for url in urls]
+        if len(set(checked)) != len(checked):
+            raise ValueError("a URL is listed twice")
+        return ",".join(url for url in checked if url)
+
+    @property
+    def local_urls(self) -> tuple[str, ...]:
+        """The GPU workers' URLs, in the order given."""
+        return tuple(self.local_url.split(",")) if self.local_url else ()
 
     @field_validator("data_dir")
     @classmethod

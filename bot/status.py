@@ -18,6 +18,14 @@ def elapsed(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m"
 
 
+def ordinal(number: int) -> str:
+    """1st, 2nd, 3rd, 4th … 11th, 12th, 13th … 21st."""
+    suffix = (
+        "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    )
+    return f"{number}{suffix}"
+
+
 def headline(job: Job) -> str:
     spec = job.spec
     prompt = spec.original_prompt
@@ -33,7 +41,9 @@ def headline(job: Job) -> str:
 
 
 def status_text(job: Job, *, now: float, queue_position: int | None = None) -> str:
-    """The status line a user sees for ``job`` at time ``now``."""
+    """The status line a user sees for ``job`` at time ``now``. ``queue_position`` is the
+    job's place in this server's queue while it is queued, and in the provider's own queue
+    (a GPU worker's) once it is submitted."""
     state = job.state
     if state is JobState.QUEUED:
         if queue_position:
@@ -41,7 +51,10 @@ def status_text(job: Job, *, now: float, queue_position: int | None = None) -> s
         else:
             line = "⏳ Queued — sending to the provider."
     elif state is JobState.SUBMITTED:
-        line = f"📨 Sent to {job.provider}; waiting for it to start."
+        if queue_position:
+            line = f"📨 Sent to {job.provider} — {ordinal(queue_position)} in its queue."
+        else:
+            line = f"📨 Sent to {job.provider}; waiting for it to start."
     elif state is JobState.RUNNING:
         since = job.submitted_at or job.created_at
         progress = f" {round(job.progress * 100)}%" if job.progress is not None else ""

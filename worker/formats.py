@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bot.errors import Refusal
-from worker.protocol import TaskRequest, WorkerLimits
+from worker.protocol import TaskRequest, WorkerLimits, longest_seconds
 from worker.settings import ResolutionSpec, WorkerSettings
 
 FPS = 16
@@ -90,18 +90,19 @@ class Formats:
         self,
         resolutions: Mapping[str, ResolutionSpec],
         *,
-        max_seconds: int,
+        max_frames: int,
         max_references: int,
     ) -> None:
         self._resolutions = dict(resolutions)
-        self._max_seconds = max_seconds
+        self._max_frames = max_frames
+        self._max_seconds = longest_seconds(max_frames, FPS)
         self._max_references = max_references
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> Formats:
         return cls(
             settings.resolutions or default_resolutions(settings.model),
-            max_seconds=settings.max_seconds,
+            max_frames=settings.max_frames,
             max_references=settings.max_references,
         )
 
@@ -114,7 +115,23 @@ class Formats:
             },
             durations=(1, self._max_seconds),
             fps=FPS,
+            max_frames=self._max_frames,
         )
+
+    def warm_sizes(self) -> list[ClipFormat]:
+        """The clip shapes a compiled transformer is warmed with: for each resolution, its
+        fewest tokens (the shortest square clip) and its most, both ways round (the longest
+        clip in 16:9 and 9:16). Compiled with dynamic shapes, the sizes between reuse them."""
+        shapes = []
+        for spec in self._resolutions.values():
+            for aspect, seconds in (
+                ("1:1", 1),
+                ("16:9", self._max_seconds),
+                ("9:16", self._max_seconds),
+            ):
+                width, height = frame_size(spec, aspect)
+                shapes.append(ClipFormat(width, height, frame_count(seconds), spec.flow_shift))
+        return shapes
 
     def check_reference_count(self, count: int) -> None:
         """Refuse more references than the setting allows (checked while they arrive too)."""
@@ -150,7 +167,8 @@ class Formats:
         if not 1 <= request.duration <= self._max_seconds:
             raise Refusal(
                 f"A {request.duration} s clip cannot be made: this worker makes 1 to "
-                f"{self._max_seconds} s (R2V_WORKER_MAX_SECONDS).",
+                f"{self._max_seconds} s ({self._max_frames} frames at {FPS} fps, "
+                "R2V_WORKER_MAX_FRAMES).",
                 code="duration_out_of_range",
             )
         frames = frame_count(request.duration)

@@ -68,6 +68,12 @@ def webhook_secret(token: str) -> str:
     return "whsec_" + base64.b64encode(key).decode("ascii")
 
 
+def longest_seconds(max_frames: int, fps: int) -> int:
+    """The longest whole-second clip within ``max_frames`` at ``fps``, whose frame count is
+    ``fps × seconds + 1`` (81 frames at 16 fps → 5 s); never less than 1."""
+    return max(1, (max_frames - 1) // fps)
+
+
 def _invalid(message: str) -> Refusal:
     return Refusal(message, code="invalid_request")
 
@@ -159,6 +165,9 @@ class WorkerLimits:
     sizes: Mapping[str, Mapping[str, tuple[int, int]]]
     durations: tuple[int, int]
     fps: int
+    #: The most frames a clip may have (``R2V_WORKER_MAX_FRAMES``); ``None`` from a worker
+    #: older than the setting.
+    max_frames: int | None = None
 
     @property
     def resolutions(self) -> tuple[str, ...]:
@@ -182,6 +191,7 @@ class WorkerLimits:
             },
             "durations": list(self.durations),
             "fps": self.fps,
+            "max_frames": self.max_frames,
         }
 
     @classmethod
@@ -197,11 +207,13 @@ class WorkerLimits:
                 for name, by_aspect in data["sizes"].items()
             }
             low, high = data["durations"]
+            max_frames = data.get("max_frames")
             limits = cls(
                 max_references=int(data["max_references"]),
                 sizes=sizes,
                 durations=(int(low), int(high)),
                 fps=int(data["fps"]),
+                max_frames=None if max_frames is None else int(max_frames),
             )
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             raise ValueError(f"limits are malformed ({exc!r})") from exc

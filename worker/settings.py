@@ -26,8 +26,10 @@ DEFAULT_NEGATIVE_PROMPT = (
     "the background, walking backwards"
 )
 MIN_TOKEN_CHARS = 16
+#: The clip length Wan 2.1 VACE was trained on (5 s at 16 fps); longer clips drift and repeat.
+DEFAULT_MAX_FRAMES = 81
 
-_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?|\d+")
 
 
 class ResolutionSpec(BaseModel):
@@ -67,8 +69,10 @@ class WorkerSettings(BaseSettings):
     max_references: Annotated[int, Field(ge=1, le=8)] = Field(
         3, description="how many reference images one task may have, 1–8 (Wan advises 3)"
     )
-    max_seconds: Annotated[int, Field(ge=1, le=15)] = Field(
-        5, description="the longest clip in seconds, 1–15 (Wan 2.1 was trained on 5 s)"
+    max_frames: Annotated[int, Field(ge=17, le=241)] = Field(
+        DEFAULT_MAX_FRAMES,
+        description="the most frames one clip may have, 17–241 (Wan 2.1 VACE was trained on "
+        "81: 5 s at 16 fps)",
     )
     steps: Annotated[int, Field(ge=1, le=200)] = Field(
         30, description="denoising steps per clip, 1–200"
@@ -85,7 +89,7 @@ class WorkerSettings(BaseSettings):
     devices: str = Field(
         "auto",
         description="auto (every CUDA GPU, else the CPU), or devices separated by commas: "
-        "cuda:0,cuda:1 or cpu",
+        "0,1 (CUDA GPU numbers), cuda:0,cuda:1 or cpu",
     )
     dtype: Literal["bfloat16", "float16", "float32"] = Field(
         "bfloat16", description="bfloat16, float16 or float32 (the VAE always runs in float32)"
@@ -99,7 +103,17 @@ class WorkerSettings(BaseSettings):
         "memory, slower)",
     )
     vae_tiling: bool = Field(False, description="true or false: decode the video in tiles")
-    compile: bool = Field(False, description="true or false: torch.compile the transformer")
+    compile: bool = Field(
+        False,
+        description="true or false: torch.compile the transformer once, for every size served "
+        "(compiled and warmed while the lane loads)",
+    )
+    step_cache: Annotated[int, Field(ge=0, le=10)] = Field(
+        0,
+        description="0 (off) or 2–10: compute the transformer's attention and feed-forward in "
+        "full every this many denoising steps and predict them between (TaylorSeer), faster at "
+        "some cost in detail",
+    )
     resolutions: dict[str, ResolutionSpec] | None = Field(
         None,
         description='JSON: resolution names and sizes, e.g. {"480p": {"width": 832, "height": '
@@ -125,7 +139,11 @@ class WorkerSettings(BaseSettings):
         names = [name.strip() for name in text.split(",") if name.strip()]
         if not names or any(not _DEVICE.fullmatch(name) for name in names):
             raise ValueError("unknown device")
-        return ",".join(names)
+        # A bare number is a CUDA GPU, as nvidia-smi and CUDA_VISIBLE_DEVICES count them.
+        devices = [f"cuda:{name}" if name.isdigit() else name for name in names]
+        if len(set(devices)) != len(devices):
+            raise ValueError("a device is named twice")
+        return ",".join(devices)
 
     @field_validator("resolutions")
     @classmethod
@@ -186,6 +204,10 @@ def load_worker_settings(**overrides: Any) -> WorkerSettings:
             f"R2V_WORKER_TOKEN {state}: set it to a random string (e.g. the output of "
             "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`) and give the bot "
             "the same value."
+        )
+    if settings.step_cache == 1:
+        raise ConfigurationError(
+            "R2V_WORKER_STEP_CACHE=1 would compute every step anyway: set 0 (off) or 2–10."
         )
     if settings.cpu_offload and settings.group_offload:
         raise ConfigurationError(

@@ -6,7 +6,7 @@ a few dozen, randomly initialised), loaded with ``worker.pipeline.load_pipeline`
 encoding, VAE encoding of the references and the control video, the denoising steps, VAE
 decoding and the H.264 encode. The figures say what the worker and the pipeline's plumbing
 cost around a model, and how that grows with the clip's length and size; they say nothing about
-Wan's real speed, which is all GPU (``gpu_wan13b``).
+Wan's real speed, which is all GPU (``gpu_wan``).
 
 Each clip is made once to warm up, then ``RUNS`` times; figures are medians. Seconds per step
 are the gaps between the step callbacks (the first step is left out: it follows the encoders).

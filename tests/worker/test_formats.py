@@ -69,6 +69,7 @@ def test_limits_survive_the_trip_through_json() -> None:
         sizes={k: dict(v) for k, v in limits.sizes.items()},
         durations=(1, 5),
         fps=16,
+        max_frames=81,
     )
     assert again.aspect_ratios == ("16:9", "9:16", "1:1", "4:3", "3:4")
     with pytest.raises(ValueError, match="limits"):
@@ -153,7 +154,7 @@ def test_settings_come_from_the_environment(
 ) -> None:
     monkeypatch.setenv("R2V_WORKER_TOKEN", TOKEN)
     monkeypatch.setenv("R2V_WORKER_PORT", "9000")
-    monkeypatch.setenv("R2V_WORKER_DEVICES", "cuda:0, cuda:1")
+    monkeypatch.setenv("R2V_WORKER_DEVICES", "0, cuda:1")
     monkeypatch.setenv("R2V_WORKER_RESOLUTIONS", '{"480p": {"width": 832, "height": 480}}')
     monkeypatch.setenv("R2V_WORKER_CPU_OFFLOAD", "true")
     settings = load_worker_settings(_env_file=None)
@@ -180,6 +181,9 @@ def test_settings_come_from_the_environment(
         ("R2V_WORKER_MAX_REFERENCES", "0", "R2V_WORKER_MAX_REFERENCES='0' is not accepted"),
         ("R2V_WORKER_RESOLUTIONS", '{"480p": {"width": 8}}', "R2V_WORKER_RESOLUTIONS="),
         ("R2V_WORKER_DTYPE", "int8", "expected bfloat16, float16 or float32"),
+        ("R2V_WORKER_DEVICES", "0,cuda:0", "R2V_WORKER_DEVICES='0,cuda:0' is not accepted"),
+        ("R2V_WORKER_MAX_FRAMES", "9", "expected the most frames one clip may have, 17–241"),
+        ("R2V_WORKER_STEP_CACHE", "1", "R2V_WORKER_STEP_CACHE=1 would compute every step"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_the_variable(
@@ -207,3 +211,29 @@ def test_the_worker_needs_a_token(
 def test_both_offloads_at_once_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigurationError, match="R2V_WORKER_CPU_OFFLOAD and R2V_WORKER_GROUP"):
         load_worker_settings(_env_file=None, token=TOKEN, cpu_offload=True, group_offload=True)
+
+
+@pytest.mark.parametrize(("max_frames", "seconds"), [(81, 5), (80, 4), (33, 2), (17, 1), (161, 10)])
+def test_the_frame_cap_sets_the_longest_clip(max_frames: int, seconds: int) -> None:
+    capped = formats(max_frames=max_frames)
+    assert capped.limits().durations == (1, seconds)
+    assert capped.limits().max_frames == max_frames
+    assert capped.check(request(duration=seconds), 1).frames <= max_frames
+    with pytest.raises(Refusal) as caught:
+        capped.check(request(duration=seconds + 1), 1)
+    assert caught.value.code == "duration_out_of_range"
+    assert f"1 to {seconds} s ({max_frames} frames at 16 fps, R2V_WORKER_MAX_FRAMES)" in (
+        caught.value.message
+    )
+
+
+def test_a_compiled_transformer_is_warmed_at_both_ends_of_every_resolution() -> None:
+    shapes = formats("Wan-AI/Wan2.1-VACE-14B-diffusers").warm_sizes()
+    assert [(c.width, c.height, c.frames) for c in shapes] == [
+        (624, 624, 17),
+        (832, 480, 81),
+        (480, 832, 81),
+        (960, 960, 17),
+        (1280, 720, 81),
+        (720, 1280, 81),
+    ]

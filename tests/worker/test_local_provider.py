@@ -7,6 +7,7 @@ import io
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -18,11 +19,13 @@ from adapters.http.media import MediaLinks
 from adapters.providers.base import ProviderContext
 from adapters.providers.local import LocalProvider
 from bot.errors import ProviderError, WebhookRejected
-from bot.models import JobState
+from bot.jobs import fit_spec
+from bot.models import JobReference, JobSpec, JobState, MediaKind
 from bot.ports import LabelStyle
 from bot.settings import load_settings
-from tests.harness import running_bot
-from tests.worker.tiny import TOKEN, tiny_model, tiny_settings
+from tests.harness import running_bot, until
+from tests.worker.test_api import AUTH, submit
+from tests.worker.tiny import TOKEN, make_reference, tiny_model, tiny_settings
 from worker.protocol import webhook_secret
 from worker.server import WorkerServer
 from worker.service import Worker
@@ -35,8 +38,8 @@ NO_POLLING = {"poll_initial_seconds": 60.0, "poll_max_seconds": 60.0}
 
 
 @asynccontextmanager
-async def running_worker(tmp_path: Path, steps: int) -> AsyncIterator[WorkerServer]:
-    settings = tiny_settings(tmp_path / "worker", tiny_model(), steps=steps)
+async def running_worker(tmp_path: Path, steps: int, **more: object) -> AsyncIterator[WorkerServer]:
+    settings = tiny_settings(tmp_path / "worker", tiny_model(), steps=steps, **more)
     async with WorkerServer(Worker(settings), "127.0.0.1", 0) as server:
         yield server
 
@@ -157,3 +160,84 @@ async def test_the_client_checks_the_workers_signature_and_reports_on_the_worker
     assert "on cpu" in check.detail and not check.webhooks
     assert not refused.ok and "R2V_WORKER_TOKEN" in refused.detail
     assert gone.value.code == "task_unknown" and not gone.value.retryable
+
+
+async def test_the_frame_cap_refuses_a_10_s_clip_before_it_reaches_the_worker(
+    tmp_path: Path,
+) -> None:
+    async with (
+        running_worker(tmp_path, steps=2, max_frames=49) as worker,  # 3 s at 16 fps
+        running_bot(tmp_path, public=False, **bot_settings(worker)) as h,
+    ):
+        await h.character("alice")
+        announced = h.app.providers["local"].capabilities.durations_for(False)
+        ten = await h.run("generate", prompt="@alice waves", duration=10)
+        four = await h.run("generate", prompt="@alice waves", duration=4)
+    async with (
+        running_worker(tmp_path / "second", steps=2) as worker_81,
+        running_bot(
+            tmp_path / "second", public=False, **bot_settings(worker_81, worker_max_frames=33)
+        ) as h,
+    ):
+        capped_by_bot = h.app.providers["local"].capabilities.durations_for(False)
+
+    assert announced == (1, 3)
+    assert ten.code == "duration_out_of_range" and "local makes 1–3 s" in ten.text, ten.text
+    assert four.code == "duration_out_of_range"
+    assert not worker.worker.store.records()
+    # The bot's own R2V_WORKER_MAX_FRAMES holds even where the worker announces more.
+    assert capped_by_bot == (1, 2)
+
+
+async def test_the_place_in_the_workers_queue_reaches_the_status_message(
+    tmp_path: Path,
+) -> None:
+    image = make_reference(tmp_path / "a.png", (320, 320), (10, 200, 10))
+    async with (
+        running_worker(tmp_path, steps=200) as worker,
+        httpx.AsyncClient(base_url=worker.url, headers=AUTH, timeout=30) as direct,
+        running_bot(tmp_path, public=False, **bot_settings(worker)) as h,
+    ):
+        ahead = [(await submit(direct, [image])).json() for _ in range(2)]
+        await h.character("alice")
+        job_id = await h.generate("@alice waves at the camera", duration=2)
+        await until(lambda: any("2nd in its queue" in p.text for p in h.chat.posts), within=20)
+        await h.run("cancel", job=job_id)
+        for task in ahead:
+            await direct.post(f"/v1/tasks/{task['id']}/cancel")
+
+    shown = [post.text for post in h.chat.posts if post.job == job_id]
+    assert any("📨 Sent to local — 2nd in its queue." in text for text in shown), shown
+
+
+@pytest.mark.parametrize(("max_frames", "longest"), [(81, 5), (49, 3)])
+def test_the_frame_cap_makes_the_engine_pass_a_longer_job_to_the_next_provider(
+    tmp_path: Path, max_frames: int, longest: int
+) -> None:
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        _env_file=None,
+        local_url="http://127.0.0.1:9",  # never asked: the limits are the assumed ones
+        worker_token=TOKEN,
+        worker_max_frames=max_frames,
+    )
+    local = LocalProvider(
+        ProviderContext(settings, httpx.AsyncClient(), MediaLinks(b"k" * 32, None))
+    )
+    reference = JobReference(
+        label="character1", kind=MediaKind.IMAGE, blob="b" * 64, mime="image/png", source="@a"
+    )
+    spec = JobSpec(
+        prompt="character1 waves",
+        original_prompt="@a waves",
+        references=(reference,),
+        duration=10,
+        resolution="480p",
+        aspect_ratio="16:9",
+    )
+
+    assert local.capabilities.durations_for(False) == (1, longest)
+    # ``fit_spec`` is where the engine decides to move down the failover list.
+    assert fit_spec(spec, local.capabilities) is None
+    assert fit_spec(replace(spec, duration=longest + 1), local.capabilities) is None
+    assert fit_spec(replace(spec, duration=longest), local.capabilities) is not None

@@ -20,10 +20,12 @@ from typing import Any
 
 from PIL import Image
 
+from bench.worker.architectures import SIZES
 from worker.settings import WorkerSettings, load_worker_settings
 
 TOKEN = "worker-token-for-tests-0123456789"
-TEXT_DIM = 32
+#: The tiny transformer's text width (``bench.worker.architectures``' tiny layout).
+TEXT_DIM = SIZES["tiny"].transformer["text_dim"]
 #: The bot asks for 720p by default, so the tiny table calls its one size that.
 TINY_RESOLUTIONS = {"720p": {"width": 64, "height": 32, "flow_shift": 5.0}}
 TINY_SIZE = (64, 32)
@@ -66,39 +68,12 @@ def build_tiny_model(folder: Path, *, text_encoder_dim: int = TEXT_DIM) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
+    tiny = SIZES["tiny"]
     torch.manual_seed(0)
-    vae = AutoencoderKLWan(  # type: ignore[no-untyped-call]
-        base_dim=3,
-        z_dim=16,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-    )
-    transformer = WanVACETransformer3DModel(  # type: ignore[no-untyped-call]
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=16,
-        out_channels=16,
-        text_dim=TEXT_DIM,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=3,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        vace_layers=[0, 2],
-        vace_in_channels=96,
-    )
+    vae = AutoencoderKLWan(**tiny.vae)  # type: ignore[no-untyped-call]
+    transformer = WanVACETransformer3DModel(**tiny.transformer)  # type: ignore[no-untyped-call]
     text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=64,
-            d_model=text_encoder_dim,
-            d_kv=8,
-            d_ff=32,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-        )
+        UMT5Config(**{**tiny.text_encoder, "d_model": text_encoder_dim})
     )
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {w: i + 3 for i, w in enumerate(WORDS)}
     word_level = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
