@@ -9,6 +9,8 @@ result of a given size.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import random
 from collections.abc import AsyncIterator
@@ -147,6 +149,15 @@ async def delivered(bot: DiscordBot, job_id: str) -> dict[str, Any]:
         )
 
     return await bot.fake.wait_for(video)
+
+
+async def finished(bot: DiscordBot, job_id: str, within: float = 15.0) -> Job:
+    """The job once it has ended (the engine records a delivery just after posting it)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not (job := await bot.job(job_id)).state.is_final:
+        assert asyncio.get_running_loop().time() < deadline, f"job {job_id} is {job.state}"
+        await asyncio.sleep(0.02)
+    return job
 
 
 def noise_video(path: Path, frames: int, size: tuple[int, int] = (320, 240)) -> Path:
@@ -386,7 +397,7 @@ async def test_a_video_is_made_in_a_thread_of_the_generation_channel(
         seen = [next(i for i, e in enumerate(edits) if s in e) for s in states]
         assert seen == sorted(seen)
         assert fake.in_channel(channel) == []  # nothing in the channel itself
-        assert (await bot.job(job_id)).state is JobState.DELIVERED
+        assert (await finished(bot, job_id)).state is JobState.DELIVERED
 
 
 async def test_generate_is_refused_outside_the_generation_channels(
@@ -484,6 +495,73 @@ async def test_a_repeated_delivery_posts_the_video_once(tmp_path: Path, fake: Fa
         (sends[0].body["nonce"], True)
     }
     assert len([m for m in fake.in_channel(channel) if m["attachments"]]) == 1
+
+
+async def test_a_delivery_whose_outcome_was_lost_is_found_by_a_new_process(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    """Posted, then killed before the engine recorded it: the next process finds the post (by
+    the embed's job marker, past the nonce's window) and the engine does not post again."""
+    async with discord_bot(tmp_path, fake) as bot:
+        channel = await generation_channel(bot)
+        user = fake.user("ann")
+        await characters(bot, user, "alice")
+        job_id = await bot.generate(user, channel, prompt="@alice waves", duration=2)
+        await delivered(bot, job_id)
+        job = await bot.job(job_id)
+    fake._nonces.clear()  # the nonce's few minutes have passed
+    async with discord_bot(tmp_path, fake) as bot:
+        assert await bot.adapter.find_delivery(job)
+        never_posted = dataclasses.replace(job, id="j-never-posted")
+        assert not await bot.adapter.find_delivery(never_posted)
+    reads = fake.made("GET", rf"/channels/{job.destination.thread_id}/messages")
+    assert reads and all(r.query["limit"] == "100" and "after" in r.query for r in reads)
+
+
+async def test_a_deleted_thread_sends_the_video_to_its_channel_mentioning_the_owner(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    async with discord_bot(tmp_path, fake, storyboard_render_seconds=1.0) as bot:
+        channel = await generation_channel(bot)
+        user = fake.user("ann")
+        await characters(bot, user, "alice")
+        job_id = await bot.generate(user, channel, prompt="@alice waves", duration=2)
+        thread = await fake.wait_for(lambda: fake.threads_of(channel))
+        fake.delete_channel(int(thread[0]["id"]))
+        video = await delivered(bot, job_id)
+        assert video["channel_id"] == str(channel)
+        assert video["content"].startswith(f"<@{user.id}>")
+        job = await finished(bot, job_id)
+        assert job.state is JobState.DELIVERED
+        assert await bot.adapter.find_delivery(job)
+
+
+async def test_a_video_goes_to_direct_messages_when_no_channel_takes_it(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    async with discord_bot(tmp_path, fake, storyboard_render_seconds=1.0) as bot:
+        channel = await generation_channel(bot)
+        user = fake.user("ann")
+        await characters(bot, user, "alice")
+        job_id = await bot.generate(user, channel, prompt="@alice waves", duration=2)
+        thread = await fake.wait_for(lambda: fake.threads_of(channel))
+        fake.forbidden |= {int(thread[0]["id"]), channel}
+        video = await delivered(bot, job_id)
+        assert video["channel_id"] == str(fake.dms[user.id])
+        assert (await finished(bot, job_id)).state is JobState.DELIVERED
+
+
+async def test_a_channel_the_bot_may_not_post_in_is_explained(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    async with discord_bot(tmp_path, fake) as bot:
+        user = fake.user("ann")
+        channel = fake.text_channel("locked")
+        fake.forbidden.add(channel)
+        await characters(bot, user, "alice")
+        answer = await bot.send(fake.slash("generate", user, channel, prompt="@alice", duration=2))
+        assert answer.ephemeral and answer.code == "missing_permissions", answer.content
+        assert f"<#{channel}>" in answer.content and "Send Messages" in answer.content
 
 
 # Buttons, forms and the context menu -----------------------------------------------------------
