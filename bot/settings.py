@@ -6,6 +6,7 @@ names for keys and tokens. There is no module-level instance: ``load_settings`` 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -200,7 +201,9 @@ class Settings(BaseSettings):
         20.0, description="seconds a stopping instance has to finish what it holds, more than 0"
     )
     discord_shards: str | None = Field(
-        None, description="the Discord shards this process runs, e.g. 0-3/8 (shards 0–3 of 8)"
+        None,
+        description="the Discord shards this process runs, as first-last/count with "
+        "last < count, e.g. 0-3/8 (shards 0–3 of 8)",
     )
 
     discord_token: SecretStr | None = _env("DISCORD_TOKEN")
@@ -228,6 +231,20 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("discord_shards")
+    @classmethod
+    def _shards(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        shard_plan(value)
+        return value.strip()
+
+    @property
+    def discord_shard_plan(self) -> tuple[list[int], int] | None:
+        """``(shard ids, shard count)`` for ``R2V_DISCORD_SHARDS``; ``None``: all, Discord's
+        recommended count."""
+        return shard_plan(self.discord_shards) if self.discord_shards else None
 
     @field_validator("data_dir")
     @classmethod
@@ -283,6 +300,20 @@ class Settings(BaseSettings):
         ):
             platforms.append("slack")
         return platforms
+
+
+_SHARDS = re.compile(r"(\d+)(?:-(\d+))?/(\d+)")
+
+
+def shard_plan(value: str) -> tuple[list[int], int]:
+    """``"0-3/8"`` → ``([0, 1, 2, 3], 8)``; ``"5/8"`` is shard 5 alone."""
+    found = _SHARDS.fullmatch(value.strip())
+    if found is None:
+        raise ValueError("not first-last/count")
+    first, last, count = int(found[1]), int(found[2] or found[1]), int(found[3])
+    if not first <= last < count:
+        raise ValueError("shards must run from first to last, below the count")
+    return list(range(first, last + 1)), count
 
 
 def env_name(field_name: str) -> str:

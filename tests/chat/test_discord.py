@@ -564,6 +564,39 @@ async def test_a_channel_the_bot_may_not_post_in_is_explained(
         assert f"<#{channel}>" in answer.content and "Send Messages" in answer.content
 
 
+async def test_shards_split_across_processes_and_any_process_delivers(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    """R2V_DISCORD_SHARDS=0-3/8 runs shards 0–3 of 8 here; a process with other shards still
+    posts any job's video, through REST alone (no gateway cache)."""
+    async with discord_bot(tmp_path, fake, discord_shards="0-3/8") as bot:
+        assert (bot.adapter.client.shard_ids, bot.adapter.client.shard_count) == ([0, 1, 2, 3], 8)
+        user = fake.user("ann")
+        channel = fake.text_channel("general")
+        await characters(bot, user, "alice")
+        job_id = await bot.generate(user, channel, prompt="@alice", duration=2)
+        video = await delivered(bot, job_id)
+        job = await finished(bot, job_id)
+    copy = tmp_path / "copy.mp4"
+    copy.write_bytes(fake.cdn_files[video["attachments"][0]["url"]])
+    elsewhere = fake.text_channel("other")
+    # Another place, so the nonce does not answer with the first post.
+    moved = dataclasses.replace(
+        job, destination=dataclasses.replace(job.destination, channel_id=str(elsewhere))
+    )
+    async with discord_bot(tmp_path, fake, discord_shards="4/8") as other:
+        assert other.adapter.client.shard_ids == [4]
+        await other.adapter.deliver_video(moved, copy, "from another shard's process")
+        assert await other.adapter.find_delivery(moved)
+    assert [m for m in fake.in_channel(elsewhere) if m["attachments"]]
+
+
+@pytest.mark.parametrize("value", ["4-9/8", "3-1/8", "all", "0-3/0"])
+def test_a_bad_shard_range_stops_the_start_naming_the_variable(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"R2V_DISCORD_SHARDS=.*first-last/count"):
+        load_settings(data_dir=tmp_path, discord_shards=value)
+
+
 # Buttons, forms and the context menu -----------------------------------------------------------
 
 

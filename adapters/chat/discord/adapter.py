@@ -75,7 +75,7 @@ class DiscordAdapter:
             timeout=_DOWNLOAD_TIMEOUT, follow_redirects=False
         )
         self._commands = CommandSet()
-        self._client = R2VClient()
+        self._client = R2VClient(settings.discord_shard_plan)
         self._delivery = Delivery(
             self._client,
             settings.data_dir / "tmp",
