@@ -8,6 +8,7 @@ messages it posted and edited, the files it downloaded and uploaded, its ephemer
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +21,7 @@ from adapters.chat.slack import SlackAdapter
 from adapters.chat.slack.manifest import SAVE_SHORTCUT
 from adapters.local_files import local_file
 from bot.app import App, build
-from bot.models import Actor, Job, JobState
+from bot.models import Actor, CommandRequest, Job, JobState
 from tests.fakes.slack import FakeSlack, Upload
 from tests.harness import bot_settings, bot_socket
 from tests.media_factory import make_image, make_video, make_wav
@@ -120,7 +121,7 @@ async def test_generate_posts_a_status_edits_it_and_delivers_the_video_in_its_th
         await slack.wait_for(lambda: "Done in" in status.text or None)
         assert any("Sent to storyboard" in edit for edit in status.edits)
         # every edit went to the one status message: nothing else was posted in the channel
-        assert list(slack.messages) == [status.ts]
+        assert [m.ts for m in slack.messages.values() if m.thread_ts is None] == [status.ts]
 
 
 async def test_a_failed_job_tells_the_asker_in_its_thread(tmp_path: Path) -> None:
@@ -278,6 +279,77 @@ async def test_requests_with_a_bad_or_stale_signature_are_refused(tmp_path: Path
         assert good.status_code == 200
         await slack.wait_for(lambda: slack.responses)
         assert len(slack.responses) == 1
+
+
+async def test_unsigned_or_malformed_requests_never_reach_a_parser(tmp_path: Path) -> None:
+    form = "application/x-www-form-urlencoded"
+    async with FakeSlack() as slack, slack_bot(tmp_path, slack):
+        unsigned = await slack.post("payload=%7Bnot-json", form, headers={"X-Unsigned": "1"})
+        garbage = await slack.post(
+            "\x00\xff", "application/json", headers={"X-Slack-Signature": "v0=1"}
+        )
+        assert (unsigned.status_code, garbage.status_code) == (401, 401)
+        for body, content_type in (
+            ("payload=%7Bnot-json", form),
+            ("payload=%5B1%2C2%5D", form),
+            ("nothing=here", form),
+            ("[1, 2]", "application/json"),
+            ("{not json", "application/json"),
+        ):
+            answer = await slack.post(body, content_type)
+            assert answer.status_code == 400, (body, answer.status_code, answer.text)
+            assert answer.json()["error"] == "malformed_body"
+        assert slack.calls == []
+
+
+async def test_a_form_this_bot_did_not_open_is_answered_in_the_form(tmp_path: Path) -> None:
+    async with FakeSlack() as slack, slack_bot(tmp_path, slack) as bot:
+        await slack.slash("character create")
+        view = await opened_view(slack)
+        for foreign in ("not json", "[1]", '{"channel": 5}', '{"files": [1]}'):
+            forged = {**view, "private_metadata": foreign}
+            answer = await slack.interact(slack.view_submission(forged, {"Name": "alice"}))
+            assert answer.status_code == 200
+            assert answer.json()["response_action"] == "errors"
+            assert "not opened by this bot" in answer.json()["errors"]["name"]
+        listed = await bot.app.core.dispatch(
+            CommandRequest(Actor("slack", slack.team, ANN), "character list", {})
+        )
+        assert listed.data["characters"] == []
+
+
+async def test_a_delivery_whose_outcome_was_lost_is_found_by_a_new_process(
+    tmp_path: Path,
+) -> None:
+    """Shared, then killed before the engine recorded it: the next process finds the share in
+    the thread (by the file named for the job) and does not share it again."""
+    async with FakeSlack() as slack:
+        async with slack_bot(tmp_path, slack) as bot:
+            await bot.character("alice")
+            await slack.slash("generate @alice waves duration=2")
+            [job] = await settled_jobs(bot, Actor("slack", slack.team, ANN))
+            assert job.state is JobState.DELIVERED
+        async with slack_bot(tmp_path, slack) as bot:
+            assert await bot.adapter.find_delivery(job)
+            assert not await bot.adapter.find_delivery(dataclasses.replace(job, id="jnever"))
+            # A job with no status message was delivered to the channel itself.
+            unthreaded = dataclasses.replace(
+                job,
+                destination=dataclasses.replace(
+                    job.destination, thread_id=None, status_message_id=None
+                ),
+            )
+            assert not await bot.adapter.find_delivery(unthreaded)
+            video = tmp_path / "again.mp4"
+            video.write_bytes(b"\x00\x00\x00\x18ftypmp42")
+            await bot.adapter.deliver_video(unthreaded, video, "again")
+        async with slack_bot(tmp_path, slack) as bot:
+            assert await bot.adapter.find_delivery(unthreaded)
+            gone = dataclasses.replace(
+                job, destination=dataclasses.replace(job.destination, thread_id="1.000001")
+            )
+            assert not await bot.adapter.find_delivery(gone)
+        assert slack.called("conversations.replies") and slack.called("conversations.history")
 
 
 async def test_workspace_owners_and_the_admin_group_are_admins(tmp_path: Path) -> None:
