@@ -476,12 +476,14 @@ class FakeSlack(LoopbackServer):
             upload.thread_ts = args.get("thread_ts")
             upload.comment = args.get("initial_comment")
             done.append({"id": upload.file_id, "title": item.get("title") or upload.filename})
-        if upload.channel:
+        channel = args.get("channel_id")
+        if channel:
             # Sharing posts a message carrying the files, as Slack does (a moment later there).
             ts = self._ts()
             shared = [{**f, "name": self.uploads[f["id"]].filename} for f in done]
+            comment = str(args.get("initial_comment") or "")
             self.messages[ts] = Message(
-                upload.channel, ts, upload.comment or "", upload.thread_ts, files=shared
+                str(channel), ts, comment, args.get("thread_ts"), files=shared
             )
         return {"ok": True, "files": done}
 
