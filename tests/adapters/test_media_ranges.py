@@ -39,9 +39,11 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, str]]
     links = MediaLinks(SECRET, "https://bot.example")
     app = web.Application()
     app.add_routes([media_route(links, blobs.path)])
-    async with TestServer(app, port=0) as server:
-        async with httpx.AsyncClient(base_url=str(server.make_url("/"))) as client:
-            yield client, f"/media/{links.token(blob, 'video/mp4')}"
+    async with (
+        TestServer(app, port=0) as server,
+        httpx.AsyncClient(base_url=str(server.make_url("/"))) as client,
+    ):
+        yield client, f"/media/{links.token(blob, 'video/mp4')}"
 
 
 @pytest.mark.parametrize(
