@@ -43,6 +43,8 @@ PROVIDER_KEY_FIELDS = {
 
 
 _LABELS = "separate, videos_first, compact or character"
+#: Every name R2V_PROVIDER takes: the hosted ones, the GPU worker, and the keyless storyboard.
+KNOWN_PROVIDERS = (*HOSTED_PROVIDERS, "local", "storyboard")
 
 
 def _env(name: str) -> Any:
@@ -67,7 +69,9 @@ class Settings(BaseSettings):
         None, description="an http(s) URL where providers can reach this bot, without a path"
     )
     provider: str | None = Field(
-        None, description="a provider name, or several separated by commas (the failover order)"
+        None,
+        description=f"one of {', '.join(KNOWN_PROVIDERS)}, or several separated by commas "
+        "(the failover order)",
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
@@ -231,6 +235,17 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("provider")
+    @classmethod
+    def _providers(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        names = [p.strip().lower() for p in value.split(",") if p.strip()]
+        unknown = [n for n in names if n not in KNOWN_PROVIDERS]
+        if unknown:
+            raise ValueError(f"unknown provider {', '.join(unknown)}")
+        return value
 
     @field_validator("discord_shards")
     @classmethod
