@@ -215,6 +215,15 @@ class Settings(BaseSettings):
     slack_app_token: SecretStr | None = _env("SLACK_APP_TOKEN")
     slack_signing_secret: SecretStr | None = _env("SLACK_SIGNING_SECRET")
     discord_api_base: str | None = Field(None, description="an http(s) URL of a Discord REST API")
+    discord_file_hosts: str = Field(
+        "cdn.discordapp.com,media.discordapp.net",
+        description="host names attachments are downloaded from over https, separated by commas",
+    )
+    slack_file_hosts: str = Field(
+        "files.slack.com",
+        description="host names (https) or http(s) origins Slack files are downloaded from with "
+        "the bot token, separated by commas",
+    )
     slack_api_base: str | None = Field(None, description="an http(s) URL of a Slack Web API")
 
     @field_validator(
@@ -235,6 +244,22 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("discord_file_hosts", "slack_file_hosts")
+    @classmethod
+    def _hosts(cls, value: str) -> str:
+        if not _names(value):
+            raise ValueError("no host given")
+        return value
+
+    @property
+    def discord_file_host_names(self) -> frozenset[str]:
+        return frozenset(name.lower() for name in _names(self.discord_file_hosts))
+
+    @property
+    def slack_file_origins(self) -> tuple[str, ...]:
+        """``R2V_SLACK_FILE_HOSTS`` as origins: a bare host name means https on it."""
+        return tuple(n if "://" in n else f"https://{n}" for n in _names(self.slack_file_hosts))
 
     @field_validator("provider")
     @classmethod
@@ -315,6 +340,10 @@ class Settings(BaseSettings):
         ):
             platforms.append("slack")
         return platforms
+
+
+def _names(value: str) -> list[str]:
+    return [name.strip() for name in value.split(",") if name.strip()]
 
 
 _SHARDS = re.compile(r"(\d+)(?:-(\d+))?/(\d+)")

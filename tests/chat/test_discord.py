@@ -322,6 +322,24 @@ async def test_attachments_not_on_discords_cdn_are_never_fetched(
     assert bot.cdn.hosts == ["cdn.discordapp.com"]  # the last one only, and it was cut off
 
 
+async def test_attachment_hosts_are_a_setting(tmp_path: Path, fake: FakeDiscord) -> None:
+    image = make_image(tmp_path / "a.png", size=(320, 320))
+    async with discord_bot(tmp_path, fake, discord_file_hosts="files.example.org") as bot:
+        user = fake.user("ann")
+        channel = fake.text_channel("general")
+        refused = await bot.send(
+            fake.slash("character create", user, channel, name="eve", image=fake.attachment(image))
+        )
+        assert refused.code == "untrusted_attachment"
+        assert "files.example.org" in refused.content
+        elsewhere = fake.attachment(image, url="https://files.example.org/a/b/a.png")
+        saved = await bot.send(
+            fake.slash("character create", user, channel, name="eve", image=elsewhere)
+        )
+        assert saved.code is None, saved.content
+    assert bot.cdn.hosts == ["files.example.org"]
+
+
 async def test_autocomplete_offers_the_users_names_prefix_first(
     tmp_path: Path, fake: FakeDiscord
 ) -> None:

@@ -68,9 +68,9 @@ async def slack_bot(
         slack_app_token=slack.app_token if socket_mode else None,
         slack_signing_secret=None if socket_mode else slack.signing_secret,
         slack_api_base=slack.api_base,
-        **settings,
+        **{"slack_file_hosts": slack.url, **settings},
     )
-    adapter = SlackAdapter(config, file_origins=[slack.url])
+    adapter = SlackAdapter(config)
     app = await build(config, {"slack": adapter}, http_socket=sock, routes=adapter.routes())
     try:
         await adapter.start(app.core)
@@ -279,6 +279,18 @@ async def test_requests_with_a_bad_or_stale_signature_are_refused(tmp_path: Path
         assert good.status_code == 200
         await slack.wait_for(lambda: slack.responses)
         assert len(slack.responses) == 1
+
+
+async def test_file_hosts_are_a_setting_and_any_other_host_is_refused(tmp_path: Path) -> None:
+    png = make_image(tmp_path / "a.png", size=(320, 400)).read_bytes()
+    hosts = "files.slack.com, files-edge.slack.com"
+    async with FakeSlack() as slack, slack_bot(tmp_path, slack, slack_file_hosts=hosts) as bot:
+        on_the_fake = slack.add_file("alice.png", png, "image/png")
+        await bot.submit({"Name": "alice", FORM_FILES: [on_the_fake]})
+        told = await slack.ephemeral(ANN)
+        assert told["text"].endswith("`foreign_file`")
+        assert "https://files-edge.slack.com, https://files.slack.com" in told["text"]
+        assert slack.downloads == []
 
 
 async def test_unsigned_or_malformed_requests_never_reach_a_parser(tmp_path: Path) -> None:

@@ -100,7 +100,12 @@ class DiscordAdapter:
         """Log in, sync the commands (to ``R2V_DISCORD_GUILD`` alone when set), then connect."""
         self._core = core
         self._previous_base = point_at(self._settings.discord_api_base)
-        self._client.r2v_actions = Interactions(core, self._commands, self._downloads)
+        self._client.r2v_actions = Interactions(
+            core,
+            self._commands,
+            self._downloads,
+            file_hosts=self._settings.discord_file_host_names,
+        )
         self._started = True
         try:
             await self._client.login(self._token)

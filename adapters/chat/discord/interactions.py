@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from typing import Any, Final
 
 import discord
@@ -19,7 +19,7 @@ from discord import app_commands
 
 from adapters.chat.discord.commands import SAVE_AS_CHARACTER, CommandSet, Invocation
 from adapters.chat.discord.context import actor_of, place_of, reply_content, request_of
-from adapters.chat.discord.files import Attachment, attachment_file
+from adapters.chat.discord.files import CDN_HOSTS, Attachment, attachment_file
 from adapters.chat.discord.views import TEXT_INPUT_MAX, CharacterForm, EditPromptForm
 from bot.commands import OptionType
 from bot.core import Core
@@ -41,10 +41,18 @@ _FAILED = Reply(
 class Interactions:
     """The bot's answers to every interaction it registered; the views call back into it."""
 
-    def __init__(self, core: Core, commands: CommandSet, downloads: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        core: Core,
+        commands: CommandSet,
+        downloads: httpx.AsyncClient,
+        *,
+        file_hosts: Collection[str] = CDN_HOSTS,
+    ) -> None:
         self._core = core
         self._commands = commands
         self._downloads = downloads
+        self._file_hosts = file_hosts
 
     async def handle(self, interaction: discord.Interaction[Any]) -> None:
         """Answer an application command or autocomplete (buttons and forms reach the views)."""
@@ -102,7 +110,7 @@ class Interactions:
         }
 
     def _file(self, attachment: Attachment) -> IncomingFile:
-        return attachment_file(self._downloads, attachment)
+        return attachment_file(self._downloads, attachment, hosts=self._file_hosts)
 
     async def _autocomplete(self, interaction: discord.Interaction[Any]) -> None:
         invocation = self._commands.read(interaction.data or {})

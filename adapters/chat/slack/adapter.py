@@ -39,7 +39,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.chat.slack import modal, syntax
 from adapters.chat.slack.admins import AdminDirectory
-from adapters.chat.slack.files import SLACK_FILE_ORIGINS, SlackFiles
+from adapters.chat.slack.files import SlackFiles
 from adapters.chat.slack.manifest import SAVE_SHORTCUT, SLASH_COMMAND
 from adapters.chat.slack.mrkdwn import escape, mention, reply_text
 from adapters.chat.slack.upload import upload_file
@@ -71,11 +71,11 @@ class SlackAdapter:
         self,
         settings: Settings,
         *,
-        file_origins: Collection[str] = SLACK_FILE_ORIGINS,
+        file_origins: Collection[str] | None = None,
         admin_cache_seconds: float = 300.0,
     ) -> None:
-        """``file_origins``: where files may be downloaded from with the bot token; only
-        tests, pointing at their loopback fake, should pass anything but the default."""
+        """``file_origins``: where files may be downloaded from with the bot token;
+        ``R2V_SLACK_FILE_HOSTS`` when not given."""
         if settings.slack_bot_token is None:
             raise ConfigurationError(
                 "SLACK_BOT_TOKEN is not set: give the bot token (xoxb-…) from the Slack app's "
@@ -99,7 +99,8 @@ class SlackAdapter:
                 AsyncRateLimitErrorRetryHandler(max_retry_count=2),
             ],
         )
-        self._files = SlackFiles(token, origins=file_origins)
+        origins = settings.slack_file_origins if file_origins is None else file_origins
+        self._files = SlackFiles(token, origins=origins)
         self._admins = AdminDirectory(
             self.client, group=settings.slack_admin_group, ttl=admin_cache_seconds
         )
