@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from bot.commands import ref as command_ref
 from bot.errors import Refusal
 from bot.models import Character, CharacterMedia, JobReference, JobSpec, MediaKind
 from bot.names import RESERVED, name_key, suggest, unknown_character
@@ -293,7 +294,7 @@ def _read_mentions(
         raise Refusal(
             f"{_either(faceless, 'and')} {'has' if len(faceless) == 1 else 'have'} no image or "
             "video to show what they look like, only a voice. Add an image or a video with "
-            "/character edit, or leave them out of the prompt.",
+            f"{command_ref('character add')}, or leave them out of the prompt.",
             code="character_without_media",
         )
     return pieces, slots
@@ -419,7 +420,7 @@ def _unknown_characters(names: Sequence[str], candidates: Sequence[str]) -> Refu
         described.append(f"“{name}”{hint}")
     return Refusal(
         f"There are no characters {_either(described, 'or')} in this server. "
-        "/character list shows the ones you can use.",
+        f"{command_ref('character list')} shows the ones you can use.",
         code="unknown_character",
     )
 
@@ -427,8 +428,10 @@ def _unknown_characters(names: Sequence[str], candidates: Sequence[str]) -> Refu
 def _voice_attached(refs: Sequence[str]) -> Refusal:
     return Refusal(
         f"{_either(refs, 'and')} {'is a voice clip' if len(refs) == 1 else 'are voice clips'}: "
-        "files attached to /generate must be images or videos. A voice belongs to a character: "
-        "save it with /character create name:… image:… voice:… and mention the character.",
+        f"files attached to {command_ref('generate')} must be images or videos. A voice "
+        "belongs to a character: save it with "
+        f"{command_ref('character create', name='…', image='…', voice='…')} "
+        "and mention the character.",
         code="invalid_option",
     )
 

@@ -92,7 +92,8 @@ class Core:
         command = commands.find(request.command)
         if command is None:
             return Reply(
-                f"There is no command /{request.command}. Try /help.", code="unknown_command"
+                f"There is no command /{request.command}. Try {commands.ref('help')}.",
+                code="unknown_command",
             )
         try:
             if command.admin_only and not request.actor.is_admin:
@@ -154,14 +155,15 @@ class Core:
         page = await self.roster.page(request.actor, owner=o.get("owner"), number=o["page"])
         if not page.total:
             return Reply(
-                "No characters yet. Save one with /character create.", data={"characters": []}
+                f"No characters yet. Save one with {commands.ref('character create')}.",
+                data={"characters": []},
             )
         lines = [f"Characters (page {page.number} of {page.pages}, {page.total} in all):"]
         for c in page.characters:
             private = " · private" if c.visibility is Visibility.PRIVATE else ""
             lines.append(f"  {c.name} — {_contents(c)} · by {c.owner_id}{private}")
         if page.number < page.pages:
-            lines.append(f"Next: /character list page:{page.number + 1}")
+            lines.append(f"Next: {commands.ref('character list', page=page.number + 1)}")
         return Reply("\n".join(lines), data={"characters": [c.name for c in page.characters]})
 
     async def _character_rename(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
@@ -343,8 +345,8 @@ class Core:
         ]
         if not order:
             raise Refusal(
-                "No video provider allowed in this server is set up on this bot; "
-                "ask a server admin (/settings providers:) or the bot's operator.",
+                "No video provider allowed in this server is set up on this bot; ask a server "
+                f"admin ({commands.ref('settings', providers='…')}) or the bot's operator.",
                 code="configuration_error",
             )
         configured = [n for n in order if n in self._provider_order or n in preferred]
@@ -363,7 +365,7 @@ class Core:
                     if checked.info.kind is MediaKind.VOICE:
                         raise Refusal(
                             f"{name} is a voice clip; references must be images or videos. "
-                            "Give voices to characters with /character add.",
+                            f"Give voices to characters with {commands.ref('character add')}.",
                             code="invalid_media",
                         )
                     blob = await self._blobs.put_file(checked.path)
@@ -386,7 +388,10 @@ class Core:
     async def _jobs(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
         jobs = await self.engine.recent(request.actor)
         if not jobs:
-            return Reply("You have no jobs yet. Make one with /generate.", data={"jobs": []})
+            return Reply(
+                f"You have no jobs yet. Make one with {commands.ref('generate')}.",
+                data={"jobs": []},
+            )
         now = self._clock()
         lines = ["Your recent jobs:"]
         for job in jobs:
@@ -451,7 +456,7 @@ class Core:
             actor.server_key, actor.platform, replace(current, channels=channels)
         )
         if not channels:
-            text = "No generation channels now: /generate works in any channel."
+            text = f"No generation channels now: {commands.ref('generate')} works in any channel."
         else:
             text = "Generation channels: " + ", ".join(f"<#{c}>" for c in channels) + "."
         return Reply(text, data={"channels": list(channels)})
@@ -496,7 +501,7 @@ def _dry_run_reply(composition: Composition, provider: str) -> Reply:
 def _saved(character: Character) -> Reply:
     return Reply(
         f"Saved {character.name}: {_contents(character)} ({character.visibility}). "
-        f"Use it with @{character.name} in /generate.",
+        f"Use it with @{character.name} in {commands.ref('generate')}.",
         data={"character": character.name},
     )
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bot import fitting, media
+from bot.commands import ref as command_ref
 from bot.compose import relabel
 from bot.errors import ProviderError, R2VError, Refusal, WebhookRejected
 from bot.models import Actor, Destination, Job, JobSpec, JobState, MediaKind, OpenJob
@@ -239,7 +240,7 @@ class JobEngine:
         job = await self._store.get(job_id.strip())
         if job is None or job.server_id != actor.server_key:
             raise Refusal(
-                f"There is no job “{job_id}” in this server. /jobs lists yours.",
+                f"There is no job “{job_id}” in this server. {command_ref('jobs')} lists yours.",
                 code="unknown_job",
             )
         if job.user_id != actor.user_id and not actor.is_admin:

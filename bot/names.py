@@ -6,6 +6,7 @@ import difflib
 import re
 from collections.abc import Iterable
 
+from bot.commands import ref as command_ref
 from bot.errors import Refusal
 
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
@@ -27,8 +28,8 @@ def check_name(name: str) -> str:
         )
     if RESERVED.fullmatch(name):
         raise Refusal(
-            f"“{name}” is reserved: @ref1, @ref2… name the files attached to /generate. "
-            "Choose another name.",
+            f"“{name}” is reserved: @ref1, @ref2… name the files attached to "
+            f"{command_ref('generate')}. Choose another name.",
             code="invalid_name",
         )
     return name
@@ -49,6 +50,6 @@ def unknown_character(name: str, candidates: Iterable[str]) -> Refusal:
     hint = f" Did you mean {', '.join('@' + h for h in hints)}?" if hints else ""
     return Refusal(
         f"There is no character “{name}” in this server.{hint} "
-        "/character list shows the ones you can use.",
+        f"{command_ref('character list')} shows the ones you can use.",
         code="unknown_character",
     )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot import media
+from bot.commands import ref as command_ref
 from bot.errors import Refusal
 from bot.models import Actor, Character, CharacterMedia, IncomingFile, MediaKind, Visibility
 from bot.names import check_name, name_key, suggest, unknown_character
@@ -147,7 +148,7 @@ class Roster:
             if have >= PER_CHARACTER[kind]:
                 raise Refusal(
                     f"{character.name} already has {_count(PER_CHARACTER[kind], kind)}, the most a "
-                    f"character can hold. Remove one first with /character remove.",
+                    f"character can hold. Remove one first with {command_ref('character remove')}.",
                     code="limit_reached",
                 )
             blob = await self._blobs.put_file(checked.path)

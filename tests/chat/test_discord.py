@@ -322,6 +322,19 @@ async def test_attachments_not_on_discords_cdn_are_never_fetched(
     assert bot.cdn.hosts == ["cdn.discordapp.com"]  # the last one only, and it was cut off
 
 
+async def test_replies_name_commands_as_discord_spells_them(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    async with discord_bot(tmp_path, fake) as bot:
+        user = fake.user("ann")
+        channel = fake.text_channel("general")
+        empty = await bot.send(fake.slash("character list", user, channel))
+        jobs = await bot.send(fake.slash("jobs", user, channel))
+    assert "Save one with /character create." in empty.content
+    assert "Make one with /generate." in jobs.content
+    assert "\u2063" not in empty.content + jobs.content
+
+
 async def test_attachment_hosts_are_a_setting(tmp_path: Path, fake: FakeDiscord) -> None:
     image = make_image(tmp_path / "a.png", size=(320, 320))
     async with discord_bot(tmp_path, fake, discord_file_hosts="files.example.org") as bot:

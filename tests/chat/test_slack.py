@@ -281,6 +281,20 @@ async def test_requests_with_a_bad_or_stale_signature_are_refused(tmp_path: Path
         assert len(slack.responses) == 1
 
 
+async def test_replies_name_commands_as_they_are_typed_on_slack(tmp_path: Path) -> None:
+    async with FakeSlack() as slack, slack_bot(tmp_path, slack):
+        answers = []
+        for text in ("character list", "jobs", "character show nobody"):
+            _, url = await slack.slash(text)
+            answers.append((await slack.response(url))["text"])
+    empty, jobs, unknown = answers
+    assert "`/r2v character create`" in empty
+    assert "`/r2v generate`" in jobs
+    assert "`/r2v character list` shows the ones you can use" in unknown
+    for text in answers:
+        assert "\u2063" not in text and " /character" not in text and " /generate" not in text
+
+
 async def test_file_hosts_are_a_setting_and_any_other_host_is_refused(tmp_path: Path) -> None:
     png = make_image(tmp_path / "a.png", size=(320, 400)).read_bytes()
     hosts = "files.slack.com, files-edge.slack.com"

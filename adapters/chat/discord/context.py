@@ -11,6 +11,7 @@ from typing import Any, Final
 
 import discord
 
+from bot.commands import render_refs
 from bot.models import Actor, CommandRequest, Reply
 
 PLATFORM: Final = "discord"
@@ -63,7 +64,9 @@ def reply_content(reply: Reply, extra: str = "") -> str:
 
 
 def fit_content(text: str) -> str:
-    """``text`` cut to what Discord accepts in one message."""
+    """``text`` with its command references as Discord spells them (``/character list``), cut
+    to what Discord accepts in one message."""
+    text = render_refs(text)
     if len(text) <= MAX_CONTENT:
         return text
     return text[: MAX_CONTENT - 1] + "…"

@@ -29,6 +29,7 @@ import discord
 
 from adapters.chat.discord.context import fit_content
 from adapters.chat.discord.views import result_view
+from bot.commands import render_refs
 from bot.errors import InvalidMedia
 from bot.fitting import shrink_video
 from bot.media import describe_amount
@@ -212,7 +213,9 @@ class Delivery:
         user = int(job.destination.user_id)
         options: dict[str, Any] = {
             "content": fit_content(f"<@{user}> {note}".strip()),
-            "embed": discord.Embed(description=text[:_EMBED_MAX]).set_footer(text=marker_for(job)),
+            "embed": discord.Embed(description=render_refs(text)[:_EMBED_MAX]).set_footer(
+                text=marker_for(job)
+            ),
             "view": result_view(job),
             "nonce": nonce_for(job),
             # The prompt may say @everyone: only the video's owner is pinged.
