@@ -28,6 +28,7 @@ class OptionType(enum.StrEnum):
     CHARACTER = "character"  # a character name of the server: adapters offer autocomplete
     ATTACHMENT = "attachment"
     CHANNEL = "channel"  # a channel of the server (its platform id)
+    USER = "user"  # a member of the server (its platform id; a mention or @id is read too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,7 @@ class Option:
             OptionType.INTEGER: "<number>",
             OptionType.BOOLEAN: "true|false",
             OptionType.CHARACTER: "<name>",
+            OptionType.USER: "@user",
         }.get(self.type, "<text>")
         if self.choices:
             value = "|".join(self.choices)
@@ -144,7 +146,7 @@ CATALOG: tuple[Command, ...] = (
         "character list",
         "List the server's characters, 10 a page, by name.",
         (
-            Option("owner", OptionType.STRING, "only the characters of this user"),
+            Option("owner", OptionType.USER, "only the characters of this user"),
             Option(
                 "page", OptionType.INTEGER, "page number", default=1, min_value=1, max_value=1000
             ),
@@ -359,6 +361,8 @@ def _convert(command: Command, option: Option, raw: Any) -> Any:
             return text in _TRUE
         raise _bad(command, option, raw, "true or false")
     text = str(raw)
+    if option.type is OptionType.USER:
+        return user_id_of(text)
     if option.type is OptionType.CHOICE:
         lowered = {c.lower(): c for c in option.choices}
         if text.lower() not in lowered:
@@ -450,16 +454,41 @@ def ref(name: str, /, **options: object) -> str:
     return f"{REF_START}{shown.canonical()}{REF_END}"
 
 
-def render_refs(text: str, render: Callable[[CommandRef], str] | None = None) -> str:
-    """``text`` with every command reference written by ``render`` (default: canonical)."""
+def mention(user_id: str) -> str:
+    """A person named in the core's words, by platform id; adapters write it as a mention
+    (``<@U123>`` on Slack, ``<@123>`` on Discord, ``@ann`` in the console)."""
+    return f"{REF_START}@{user_id}{REF_END}"
 
-    def replace(match: re.Match[str]) -> str:
+
+def user_id_of(text: str) -> str:
+    """The id in a user option as people type it: ``<@U123|ann>``, ``<@123>``, ``@ann``."""
+    found = _TYPED_MENTION.fullmatch(text.strip())
+    return found.group(1) if found else text.strip().lstrip("@")
+
+
+_TYPED_MENTION = re.compile(r"<@!?([A-Za-z0-9]+)(?:\|[^>]*)?>")
+_MENTION = re.compile(f"{REF_START}@([^{REF_END}]*){REF_END}")
+
+
+def render_refs(
+    text: str,
+    render: Callable[[CommandRef], str] | None = None,
+    *,
+    person: Callable[[str], str] | None = None,
+) -> str:
+    """``text`` with every command reference written by ``render`` and every mention by
+    ``person`` (defaults: the canonical spelling, ``@id``)."""
+
+    def command(match: re.Match[str]) -> str:
         found = _parse_ref(match.group(1))
         if found is None:
             return f"/{match.group(1)}"
         return render(found) if render is not None else found.canonical()
 
-    return _REF.sub(replace, text)
+    def user(match: re.Match[str]) -> str:
+        return person(match.group(1)) if person is not None else f"@{match.group(1)}"
+
+    return _MENTION.sub(user, _REF.sub(command, text))
 
 
 def _parse_ref(body: str) -> CommandRef | None:

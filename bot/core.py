@@ -141,7 +141,7 @@ class Core:
 
     async def _character_show(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
         c = await self.roster.show(request.actor, o["name"])
-        lines = [f"{c.name} · by {c.owner_id} · {c.visibility}"]
+        lines = [f"{c.name} · by {commands.mention(c.owner_id)} · {c.visibility}"]
         if c.description:
             lines.append(c.description)
         names = describe_items(c).split(", ")
@@ -152,7 +152,13 @@ class Core:
         return Reply("\n".join(lines), data={"character": c.name})
 
     async def _character_list(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
-        page = await self.roster.page(request.actor, owner=o.get("owner"), number=o["page"])
+        owner = o.get("owner")
+        page = await self.roster.page(request.actor, owner=owner, number=o["page"])
+        if not page.total and owner:
+            return Reply(
+                f"{commands.mention(owner)} has no characters you can see.",
+                data={"characters": []},
+            )
         if not page.total:
             return Reply(
                 f"No characters yet. Save one with {commands.ref('character create')}.",
@@ -161,7 +167,8 @@ class Core:
         lines = [f"Characters (page {page.number} of {page.pages}, {page.total} in all):"]
         for c in page.characters:
             private = " · private" if c.visibility is Visibility.PRIVATE else ""
-            lines.append(f"  {c.name} — {_contents(c)} · by {c.owner_id}{private}")
+            by = commands.mention(c.owner_id)
+            lines.append(f"  {c.name} — {_contents(c)} · by {by}{private}")
         if page.number < page.pages:
             lines.append(f"Next: {commands.ref('character list', page=page.number + 1)}")
         return Reply("\n".join(lines), data={"characters": [c.name for c in page.characters]})

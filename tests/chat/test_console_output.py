@@ -6,7 +6,7 @@ import io
 import json
 
 from adapters.chat.console.chat import ConsoleOutput
-from bot.commands import REF_END, REF_START, ref
+from bot.commands import REF_END, REF_START, mention, ref
 from bot.models import Reply
 
 
@@ -19,3 +19,9 @@ def test_command_references_read_as_console_lines() -> None:
         shown = json.loads(written)["text"] if as_json else written
         assert "Next: /character list page:2" in shown
         assert REF_START not in written and REF_END not in written
+
+
+def test_people_read_as_at_names() -> None:
+    stream = io.StringIO()
+    ConsoleOutput(stream).reply(Reply(f"alice · by {mention('ann')}"))
+    assert stream.getvalue() == "alice · by @ann\n"

@@ -335,6 +335,34 @@ async def test_replies_name_commands_as_discord_spells_them(
     assert "\u2063" not in empty.content + jobs.content
 
 
+async def test_owners_are_mentions_and_character_list_takes_a_user(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    async with discord_bot(tmp_path, fake) as bot:
+        ann, ben, cat = fake.user("ann"), fake.user("ben"), fake.user("cat")
+        channel = fake.text_channel("general")
+        await characters(bot, ann, "alice")
+        await characters(bot, ben, "bob")
+        everyone = await bot.send(fake.slash("character list", ann, channel))
+        bens = await bot.send(fake.slash("character list", ann, channel, owner=str(ben.id)))
+        cats = await bot.send(fake.slash("character list", ann, channel, owner=str(cat.id)))
+        shown = await bot.send(fake.slash("character show", ann, channel, name="bob"))
+    [option] = [
+        o
+        for c in fake.commands["global"]
+        if c["name"] == "character"
+        for s in c["options"]
+        if s["name"] == "list"
+        for o in s["options"]
+        if o["name"] == "owner"
+    ]
+    assert option["type"] == 6  # Discord's user picker
+    assert f"by <@{ann.id}>" in everyone.content and f"by <@{ben.id}>" in everyone.content
+    assert "bob" in bens.content and "alice" not in bens.content
+    assert cats.content == f"<@{cat.id}> has no characters you can see."
+    assert f"by <@{ben.id}>" in shown.content
+
+
 async def test_attachment_hosts_are_a_setting(tmp_path: Path, fake: FakeDiscord) -> None:
     image = make_image(tmp_path / "a.png", size=(320, 320))
     async with discord_bot(tmp_path, fake, discord_file_hosts="files.example.org") as bot:

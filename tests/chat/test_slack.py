@@ -146,8 +146,8 @@ async def test_character_list_answers_only_the_asker(tmp_path: Path) -> None:
         _, url = await slack.slash("character list")
         listed = await slack.response(url)
         assert listed["response_type"] == "ephemeral"
-        assert "alice — 1 image · by U0ANN" in listed["text"]
-        assert "bob — 1 image · by U0BOB" in listed["text"]
+        assert "alice — 1 image · by <@U0ANN>" in listed["text"]
+        assert "bob — 1 image · by <@U0BOB>" in listed["text"]
         assert not slack.messages
 
 
@@ -293,6 +293,24 @@ async def test_replies_name_commands_as_they_are_typed_on_slack(tmp_path: Path) 
     assert "`/r2v character list` shows the ones you can use" in unknown
     for text in answers:
         assert "\u2063" not in text and " /character" not in text and " /generate" not in text
+
+
+async def test_owners_are_mentions_and_character_list_takes_a_member(tmp_path: Path) -> None:
+    async with FakeSlack() as slack, slack_bot(tmp_path, slack) as bot:
+        slack.users["U0BEN"] = {"name": "ben", "display_name": "Benjamin"}
+        await bot.character("alice")
+        await bot.character("bob", owner="U0BEN")
+        texts = {}
+        for typed in ("", "owner=<@U0BEN|ben>", "owner=@ben", "owner=@Benjamin", "owner=<@U0ZED>"):
+            _, url = await slack.slash(f"character list {typed}")
+            texts[typed] = (await slack.response(url))["text"]
+        _, url = await slack.slash("character list owner=@ghost")
+        ghost = (await slack.response(url))["text"]
+    assert "alice — 1 image · by <@U0ANN>" in texts[""] and "by <@U0BEN>" in texts[""]
+    for typed in ("owner=<@U0BEN|ben>", "owner=@ben", "owner=@Benjamin"):
+        assert "bob" in texts[typed] and "alice" not in texts[typed], typed
+    assert texts["owner=<@U0ZED>"] == "<@U0ZED> has no characters you can see."
+    assert "There is no member @ghost" in ghost and ghost.endswith("`unknown_user`")
 
 
 async def test_file_hosts_are_a_setting_and_any_other_host_is_refused(tmp_path: Path) -> None:

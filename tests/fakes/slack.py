@@ -443,6 +443,27 @@ class FakeSlack(LoopbackServer):
         user = {"id": user_id, "team_id": self.team, "is_admin": False, "is_owner": False}
         return {"ok": True, "user": {**user, **self.users.get(user_id, {})}}
 
+    def _users_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        """users.list: the members in ``users`` (``name`` and ``display_name`` as given)."""
+        members = [
+            {
+                "id": user_id,
+                "team_id": self.team,
+                "name": info.get("name", user_id.lower()),
+                "real_name": info.get("real_name", ""),
+                "profile": {"display_name": info.get("display_name", "")},
+            }
+            for user_id, info in self.users.items()
+        ]
+        limit = int(args.get("limit") or 100)
+        start = int(args.get("cursor") or 0)
+        more = start + limit < len(members)
+        return {
+            "ok": True,
+            "members": members[start : start + limit],
+            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+        }
+
     def _usergroups_list(self, args: dict[str, Any]) -> dict[str, Any]:
         groups = [{"id": g["id"], "handle": g["handle"]} for g in self.usergroups]
         return {"ok": True, "usergroups": groups}
@@ -562,6 +583,7 @@ _METHODS: dict[str, Callable[[FakeSlack, dict[str, Any]], dict[str, Any]]] = {
     "chat.postEphemeral": FakeSlack._post_ephemeral,
     "views.open": FakeSlack._views_open,
     "users.info": FakeSlack._users_info,
+    "users.list": FakeSlack._users_list,
     "usergroups.list": FakeSlack._usergroups_list,
     "usergroups.users.list": FakeSlack._usergroup_users,
     "files.info": FakeSlack._files_info,

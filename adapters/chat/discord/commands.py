@@ -41,6 +41,7 @@ _KINDS: Final[Mapping[OptionType, discord.AppCommandOptionType]] = {
     OptionType.BOOLEAN: discord.AppCommandOptionType.boolean,
     OptionType.ATTACHMENT: discord.AppCommandOptionType.attachment,
     OptionType.CHANNEL: discord.AppCommandOptionType.channel,
+    OptionType.USER: discord.AppCommandOptionType.user,
 }
 _NESTING: Final = frozenset(
     {
@@ -138,7 +139,7 @@ class CommandSet:
                 if resolved is None:
                     continue
                 value = Attachment.from_payload(resolved)
-            elif option.type is OptionType.CHANNEL:
+            elif option.type in (OptionType.CHANNEL, OptionType.USER):
                 value = str(value)
             values[name] = value
         return Invocation(command, values, focused)

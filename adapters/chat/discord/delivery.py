@@ -27,9 +27,8 @@ from typing import Any, Final
 
 import discord
 
-from adapters.chat.discord.context import fit_content
+from adapters.chat.discord.context import fit_content, in_discords_words
 from adapters.chat.discord.views import result_view
-from bot.commands import render_refs
 from bot.errors import InvalidMedia
 from bot.fitting import shrink_video
 from bot.media import describe_amount
@@ -213,7 +212,7 @@ class Delivery:
         user = int(job.destination.user_id)
         options: dict[str, Any] = {
             "content": fit_content(f"<@{user}> {note}".strip()),
-            "embed": discord.Embed(description=render_refs(text)[:_EMBED_MAX]).set_footer(
+            "embed": discord.Embed(description=in_discords_words(text)[:_EMBED_MAX]).set_footer(
                 text=marker_for(job)
             ),
             "view": result_view(job),

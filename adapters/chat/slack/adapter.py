@@ -42,7 +42,9 @@ from adapters.chat.slack.admins import AdminDirectory
 from adapters.chat.slack.files import SlackFiles
 from adapters.chat.slack.manifest import SAVE_SHORTCUT, SLASH_COMMAND
 from adapters.chat.slack.mrkdwn import escape, mention, reply_text
+from adapters.chat.slack.people import member_id
 from adapters.chat.slack.upload import upload_file
+from bot.commands import OptionType
 from bot.core import Core
 from bot.errors import ConfigurationError, R2VError, Refusal
 from bot.models import Actor, CommandRequest, IncomingFile, Job, JobState, Reply
@@ -227,10 +229,14 @@ class SlackAdapter:
                 topic = command.values.get("command")
                 reply = Reply(syntax.help_text(topic, is_admin=actor.is_admin))
             else:
+                options = dict(command.values)
+                for option in command.command.options:
+                    if option.type is OptionType.USER and options.get(option.name):
+                        options[option.name] = await member_id(self.client, options[option.name])
                 request = CommandRequest(
                     actor=actor,
                     command=command.name,
-                    options=dict(command.values),
+                    options=options,
                     channel_id=channel,
                 )
                 reply = await self._started().dispatch(request)

@@ -20,7 +20,7 @@ _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 def escape(text: str) -> str:
     """``text`` safe to post: command references written as ``/r2v …``, markup characters
     escaped, member and channel references kept."""
-    text = render_refs(text, render_ref)
+    text = render_refs(text, render_ref, person=mention)
     pieces: list[str] = []
     start = 0
     for match in _KEPT.finditer(text):

@@ -29,7 +29,13 @@ from bot.errors import Refusal
 FORM_COMMANDS = frozenset({"character create"})
 
 _TEXT_TYPES = frozenset(
-    {OptionType.STRING, OptionType.CHARACTER, OptionType.CHANNEL, OptionType.CHOICE}
+    {
+        OptionType.STRING,
+        OptionType.CHARACTER,
+        OptionType.CHANNEL,
+        OptionType.CHOICE,
+        OptionType.USER,
+    }
 )
 _WORD = re.compile(r"\S+")
 _OPTION = re.compile(
