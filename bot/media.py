@@ -17,6 +17,7 @@ import asyncio
 import io
 import math
 import os
+import re
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -219,6 +220,15 @@ async def check_file(
     colours converted to sRGB when they carried an ICC profile); videos and voice clips are kept
     as received. On any refusal, every temp file this made is gone.
     """
+    try:
+        return await _check(file, workdir, expect, limits)
+    except InvalidMedia as exc:
+        raise naming(exc, file.name) from exc
+
+
+async def _check(
+    file: IncomingFile, workdir: Path, expect: MediaKind | None, limits: MediaLimits
+) -> CheckedFile:
     received = await receive(file, workdir, limits.max_bytes(expect), kind=expect, limits=limits)
     work = asyncio.ensure_future(asyncio.to_thread(_check_received, received, expect, limits))
     try:
@@ -419,6 +429,8 @@ _KNOWN_OTHERS: Final[tuple[tuple[Callable[[bytes], bool], str, MediaKind | None]
     (lambda h: h.startswith(b"RIFF") and h[8:12] == b"AVI ", "an AVI video", MediaKind.VIDEO),
     (lambda h: h.startswith(b"OggS"), "an Ogg file", MediaKind.VOICE),
     (lambda h: h.startswith(b"fLaC"), "a FLAC file", MediaKind.VOICE),
+    (lambda h: h.startswith((b"PK\x03\x04", b"PK\x05\x06")), "a ZIP archive", None),
+    (lambda h: h.startswith(b"%PDF"), "a PDF document", None),
 )
 
 
@@ -676,6 +688,24 @@ def _inspect_result(path: Path) -> MediaInfo:
 
 
 # --- messages --------------------------------------------------------------------------------
+
+#: How every refusal about one received file begins: "This file is…", "This PNG image cannot…".
+_SUBJECT: Final = re.compile(
+    r"This (?:(?P<format>[A-Z0-9]+ (?:image|file))|file|image|video|voice clip) "
+)
+
+
+def naming(error: InvalidMedia, name: str) -> InvalidMedia:
+    """``error`` about the file called ``name``, said with its name ("ref2.png is a ZIP
+    archive…"), so a refusal among several files says which one."""
+    name = " ".join(name.split())
+    if not name or _SUBJECT.match(error.message) is None:
+        return error
+
+    def subject(found: re.Match[str]) -> str:
+        return f"{name} ({found['format']}) " if found["format"] else f"{name} "
+
+    return InvalidMedia(_SUBJECT.sub(subject, error.message, count=1), code=error.code)
 
 
 def _too_large(amount: str, max_bytes: int, kind: MediaKind | None) -> InvalidMedia:

@@ -363,6 +363,18 @@ async def test_owners_are_mentions_and_character_list_takes_a_user(
     assert f"by <@{ben.id}>" in shown.content
 
 
+async def test_a_refusal_names_the_file(tmp_path: Path, fake: FakeDiscord) -> None:
+    async with discord_bot(tmp_path, fake) as bot:
+        user = fake.user("ann")
+        channel = fake.text_channel("general")
+        packed = fake.attachment(data=b"PK\x03\x04" + bytes(200), filename="ref2.png")
+        answer = await bot.send(
+            fake.slash("character create", user, channel, name="eve", image=packed)
+        )
+    assert answer.code == "invalid_media"
+    assert "ref2.png is a ZIP archive, which is not accepted" in answer.content
+
+
 async def test_attachment_hosts_are_a_setting(tmp_path: Path, fake: FakeDiscord) -> None:
     image = make_image(tmp_path / "a.png", size=(320, 320))
     async with discord_bot(tmp_path, fake, discord_file_hosts="files.example.org") as bot:
