@@ -32,6 +32,8 @@ from adapters.providers.storyboard import StoryboardProvider
 from adapters.webhooks import load_or_create_secret
 from bot.core import Core
 from bot.jobs import EngineLimits, JobEngine
+from bot.media import MediaLimits
+from bot.memory import MemoryBudget, return_decoded_memory
 from bot.models import Actor
 from bot.ports import ChatPort, Provider
 from bot.prompt_filter import PromptFilter
@@ -134,11 +136,16 @@ async def build(
         log.info("HTTP server listening on %s", http.local_url)
 
         workdir = settings.data_dir / "tmp"
+        # One budget for every decode in this process (R2V_MEDIA_MEMORY_MB), and decoded
+        # images' memory returned when they are closed.
+        return_decoded_memory()
+        limits = MediaLimits(memory=MemoryBudget(settings.media_memory_mb * 1024 * 1024))
         roster = Roster(
             SqliteCharacterStore(db),
             blobs,
             workdir,
             max_per_server=settings.max_characters_per_server,
+            limits=limits,
         )
         core = Core(
             roster,
@@ -149,6 +156,7 @@ async def build(
             provider_order=settings.provider_order,
             public_url=settings.public_url,
             prompt_filter=PromptFilter.from_file(settings.prompt_blocklist),
+            limits=limits,
         )
         await engine.start()
         return App(settings, db, core, engine, http, providers, metrics, stack)

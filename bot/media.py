@@ -20,7 +20,7 @@ import os
 import re
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from itertools import islice
 from pathlib import Path
@@ -42,6 +42,7 @@ from PIL import (
 )
 
 from bot.errors import InvalidMedia
+from bot.memory import MemoryBudget, held, image_cost
 from bot.models import IncomingFile, MediaInfo, MediaKind
 
 # FFmpeg would otherwise print every oddity of a damaged upload to stderr; refusals say enough.
@@ -115,6 +116,8 @@ class MediaLimits:
     voice_min_s: float = 1.0
     voice_max_s: float = 10.0
     voice_max_bytes: int = 15 * MiB
+    #: Decoded pixels held at once across threads (``R2V_MEDIA_MEMORY_MB``); ``None``: no limit.
+    memory: MemoryBudget | None = field(default=None, compare=False)
 
     def max_bytes(self, kind: MediaKind | None) -> int:
         """The largest file of ``kind``; with no kind, the largest of any kind."""
@@ -312,6 +315,33 @@ def _discard_result(work: asyncio.Future[CheckedFile]) -> None:
 
 
 def _check_received(received: Path, expect: MediaKind | None, limits: MediaLimits) -> CheckedFile:
+    with held(limits.memory, _decode_cost(received, limits)):
+        return _check_and_clean(received, expect, limits)
+
+
+def _decode_cost(path: Path, limits: MediaLimits) -> int:
+    """What checking and re-saving ``path`` holds decoded, from its header alone: an image's
+    pixels (twice when it must be turned upright or colour-converted), else nothing worth
+    budgeting (clips are decoded a frame at a time). Oversized or unreadable headers cost
+    nothing here: ``_examine`` refuses them before decoding."""
+    with path.open("rb") as handle:
+        found = _sniff(handle.read(_HEAD_SIZE))
+    if found is None or found[0] is not MediaKind.IMAGE or found[1] not in IMAGE_READERS:
+        return 0
+    try:
+        with IMAGE_READERS[found[1]](str(path)) as image:
+            width, height = image.size
+            if width * height > limits.max_image_pixels:
+                return 0
+            # getexif() would decode a PNG to look for a late eXIf chunk: read the header's
+            # info alone, and count a second copy whenever it may have to be turned.
+            copies = 2 if image.info.get("exif") or image.info.get("icc_profile") else 1
+            return image_cost(width, height, image.mode, copies=copies)
+    except Exception:  # an unreadable header: refused, undecoded, by the check itself
+        return 0
+
+
+def _check_and_clean(received: Path, expect: MediaKind | None, limits: MediaLimits) -> CheckedFile:
     info, image = _examine(received, limits, expect)
     final = received.with_suffix(info.extension)
     if image is None:
@@ -342,9 +372,10 @@ def _check_received(received: Path, expect: MediaKind | None, limits: MediaLimit
 
 
 def _identify(path: Path, limits: MediaLimits) -> MediaInfo:
-    info, image = _examine(path, limits, None)
-    if image is not None:
-        image.close()
+    with held(limits.memory, _decode_cost(path, limits)):
+        info, image = _examine(path, limits, None)
+        if image is not None:
+            image.close()
     return info
 
 

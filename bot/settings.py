@@ -170,6 +170,10 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='JSON: USD per second by provider and resolution, e.g. {"fal": {"720p": 0.1}}',
     )
+    media_memory_mb: Annotated[int, Field(ge=64)] = Field(
+        512,
+        description="megabytes of decoded images held at once (big ones take turns), at least 64",
+    )
     max_reference_seconds: Annotated[float, Field(gt=0, le=30)] = Field(
         5.0, description="seconds of reference video sent to a provider (it bills them), 0–30"
     )
