@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from bot.commands import ref as command_ref
 from bot.errors import Refusal
 from bot.models import Character, CharacterMedia, JobReference, JobSpec, MediaKind
-from bot.names import RESERVED, name_key, suggest, unknown_character
+from bot.names import NAME_PATTERN, RESERVED, invalid_mention, name_key, suggest, unknown_character
 from bot.ports import Capabilities, LabelStyle
 
 MAX_SEED = 2_147_483_647
@@ -259,6 +259,8 @@ def _read_mentions(
                 continue
             slot = _Slot(f"@{key}", source.kind, source.blob, source.mime, source.duration)
         else:
+            if not NAME_PATTERN.fullmatch(name):
+                raise invalid_mention(name)
             character = characters.get(key)
             if character is None:
                 unknown.setdefault(key, name)

@@ -35,6 +35,14 @@ def check_name(name: str) -> str:
     return name
 
 
+def invalid_mention(name: str) -> Refusal:
+    """A mention that could never name a character (too long): the rule, not "unknown"."""
+    shown = name if len(name) <= 40 else name[:39] + "…"
+    return Refusal(
+        f"“@{shown}” is not a valid character name: use {NAME_RULE}.", code="invalid_name"
+    )
+
+
 def suggest(name: str, candidates: Iterable[str], limit: int = 3) -> list[str]:
     """Close matches for a mistyped name: prefixes first, then similar spellings."""
     key = name_key(name)

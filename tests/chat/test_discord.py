@@ -375,6 +375,19 @@ async def test_a_refusal_names_the_file(tmp_path: Path, fake: FakeDiscord) -> No
     assert "ref2.png is a ZIP archive, which is not accepted" in answer.content
 
 
+async def test_a_bad_name_is_refused_with_the_rule(tmp_path: Path, fake: FakeDiscord) -> None:
+    image = make_image(tmp_path / "a.png", size=(320, 320))
+    async with discord_bot(tmp_path, fake) as bot:
+        user = fake.user("ann")
+        channel = fake.text_channel("general")
+        answer = await bot.send(
+            fake.slash("character create", user, channel, name="9lives", image=image)
+        )
+    assert answer.code == "invalid_name"
+    assert "a letter, then letters, digits, _ or -" in answer.content
+    assert fake.cdn_requests == []  # refused before any download
+
+
 async def test_attachment_hosts_are_a_setting(tmp_path: Path, fake: FakeDiscord) -> None:
     image = make_image(tmp_path / "a.png", size=(320, 320))
     async with discord_bot(tmp_path, fake, discord_file_hosts="files.example.org") as bot:

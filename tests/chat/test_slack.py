@@ -313,6 +313,20 @@ async def test_owners_are_mentions_and_character_list_takes_a_member(tmp_path: P
     assert "There is no member @ghost" in ghost and ghost.endswith("`unknown_user`")
 
 
+async def test_a_name_that_breaks_the_rule_is_refused_with_it_wherever_given(
+    tmp_path: Path,
+) -> None:
+    async with FakeSlack() as slack, slack_bot(tmp_path, slack) as bot:
+        await bot.character("alice")
+        answers = []
+        for text in (f"generate @{'a' * 40} waves", "character rename alice bad!name"):
+            _, url = await slack.slash(text)
+            answers.append((await slack.response(url))["text"])
+    for text in answers:
+        assert text.endswith("`invalid_name`"), text
+        assert "a letter, then letters, digits, _ or -, at most 32 characters" in text
+
+
 async def test_file_hosts_are_a_setting_and_any_other_host_is_refused(tmp_path: Path) -> None:
     png = make_image(tmp_path / "a.png", size=(320, 400)).read_bytes()
     hosts = "files.slack.com, files-edge.slack.com"
