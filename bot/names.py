@@ -37,9 +37,8 @@ def check_name(name: str) -> str:
 
 def invalid_mention(name: str) -> Refusal:
     """A mention that could never name a character (too long): the rule, not "unknown"."""
-    shown = name if len(name) <= 40 else name[:39] + "…"
     return Refusal(
-        f"“@{shown}” is not a valid character name: use {NAME_RULE}.", code="invalid_name"
+        f"“@{name}” is not a valid character name: use {NAME_RULE}.", code="invalid_name"
     )
 
 
