@@ -230,7 +230,9 @@ async def test_the_catalog_is_synced_globally_as_application_commands(
         "4:3",
         "3:4",
     ]
-    assert (generate["duration"]["min_value"], generate["duration"]["max_value"]) == (2, 15)
+    # A short range is offered as choices, as the README says.
+    assert [c["value"] for c in generate["duration"]["choices"]] == list(range(2, 16))
+    assert generate["duration"]["choices"][0]["name"] == "2 seconds"
     create = {o["name"]: o for o in subs["create"]["options"]}
     assert {n: create[n]["type"] for n in ("image", "image2", "image3", "video", "voice")} == {
         "image": 11,
