@@ -32,7 +32,7 @@ from adapters.providers.storyboard import StoryboardProvider
 from adapters.webhooks import load_or_create_secret
 from bot.core import Core
 from bot.jobs import EngineLimits, JobEngine
-from bot.media import MediaLimits
+from bot.media import MediaLimits, remove_leftovers
 from bot.memory import MemoryBudget, return_decoded_memory
 from bot.models import Actor
 from bot.ports import ChatPort, Provider
@@ -82,6 +82,8 @@ async def build(
         stack.push_async_callback(db.close)
         blobs = FileBlobStore(settings.blob_dir, db.blob_in_use)
         await blobs.cleanup_tmp(older_than=3600)
+        if left := await asyncio.to_thread(remove_leftovers, settings.data_dir / "tmp"):
+            log.info("removed %d temp files a stopped save left behind", len(left))
         client = await stack.enter_async_context(
             httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
         )

@@ -44,6 +44,7 @@ from bot.media import (
     FORMAT_NAMES,
     IMAGE_READERS,
     NOUNS,
+    TEMP_PREFIXES,
     clip_duration,
     damaged_media,
     describe_amount,
@@ -158,7 +159,9 @@ def _fit(
 def _output(workdir: Path, mime: str) -> Iterator[Path]:
     """A new temp file for a fitted copy, removed again if making it fails."""
     workdir.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix="fitted-", suffix=MIME_EXTENSIONS[mime], dir=workdir)
+    handle, name = tempfile.mkstemp(
+        prefix=TEMP_PREFIXES[1], suffix=MIME_EXTENSIONS[mime], dir=workdir
+    )
     os.close(handle)
     path = Path(name)
     try:

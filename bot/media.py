@@ -259,9 +259,23 @@ async def inspect_result(path: Path) -> MediaInfo:
 # --- receiving -------------------------------------------------------------------------------
 
 
+#: How the temp files of saves and fitting begin (``bot.fitting`` names its own ``fitted-``).
+TEMP_PREFIXES: Final = ("incoming-", "fitted-")
+
+
+def remove_leftovers(workdir: Path) -> list[Path]:
+    """Delete the temp files a save or a fitting killed half-way left in ``workdir``; answer
+    them. Run at start, before anything can be writing there: one process owns a data folder."""
+    if not workdir.is_dir():
+        return []
+    found = [p for p in workdir.iterdir() if p.is_file() and p.name.startswith(TEMP_PREFIXES)]
+    _unlink(found)
+    return found
+
+
 def _new_temp_file(workdir: Path) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix="incoming-", suffix=".part", dir=workdir)
+    handle, name = tempfile.mkstemp(prefix=TEMP_PREFIXES[0], suffix=".part", dir=workdir)
     os.close(handle)
     return Path(name)
 
