@@ -21,7 +21,15 @@ from pathlib import Path
 
 from bench.common import Figure, Result, machine, markdown_table
 
-BENCHMARKS = ("loop_lag", "webhooks", "download_rss", "provider_fetch")
+BENCHMARKS = (
+    "loop_lag",
+    "webhooks",
+    "download_rss",
+    "provider_fetch",
+    "media_memory",
+    "blob_s3_rss",
+    "instances",
+)
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 START = "<!-- figures:start (written by python -m bench; edits here are lost) -->"
 END = "<!-- figures:end -->"

@@ -37,6 +37,8 @@ from bot.core import Core
 from bot.errors import ConfigurationError
 from bot.gallery import Gallery
 from bot.jobs import EngineLimits, JobEngine
+from bot.media import MediaLimits, remove_leftovers
+from bot.memory import MemoryBudget, return_decoded_memory
 from bot.models import Actor
 from bot.ports import ChatPort, Provider
 from bot.prompt_filter import PromptFilter
@@ -92,6 +94,8 @@ async def build(
         stack.push_async_callback(db.close)
         secret = shared_secret(settings, db.dialect)
         blobs = await stack.enter_async_context(open_blob_store(settings, db.blob_in_use))
+        if left := await asyncio.to_thread(remove_leftovers, settings.data_dir / "tmp"):
+            log.info("removed %d temp files a stopped save left behind", len(left))
         client = await stack.enter_async_context(
             httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
         )
@@ -180,11 +184,16 @@ async def build(
         log.info("HTTP server listening on %s", http.local_url)
 
         workdir = settings.data_dir / "tmp"
+        # One budget for every decode in this process (R2V_MEDIA_MEMORY_MB), and decoded
+        # images' memory returned when they are closed.
+        return_decoded_memory()
+        limits = MediaLimits(memory=MemoryBudget(settings.media_memory_mb * 1024 * 1024))
         roster = Roster(
             SqlCharacterStore(db),
             blobs,
             workdir,
             max_per_server=settings.max_characters_per_server,
+            limits=limits,
         )
         core = Core(
             roster,
@@ -206,6 +215,7 @@ async def build(
             ),
             gallery_link=gallery.url_for,
             export_link=exports.url_for,
+            limits=limits,
         )
         await engine.start()
         return App(settings, db, core, engine, http, providers, metrics, stack)

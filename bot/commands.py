@@ -8,8 +8,9 @@ generated from it. A new option is added here and nowhere else.
 from __future__ import annotations
 
 import enum
+import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ class OptionType(enum.StrEnum):
     CHARACTER = "character"  # a character name of the server: adapters offer autocomplete
     ATTACHMENT = "attachment"
     CHANNEL = "channel"  # a channel of the server (its platform id)
+    USER = "user"  # a member of the server (its platform id; a mention or @id is read too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,7 @@ class Option:
             OptionType.INTEGER: "<number>",
             OptionType.BOOLEAN: "true|false",
             OptionType.CHARACTER: "<name>",
+            OptionType.USER: "@user",
         }.get(self.type, "<text>")
         if self.choices:
             value = "|".join(self.choices)
@@ -143,7 +146,7 @@ CATALOG: tuple[Command, ...] = (
         "character list",
         "List the server's characters, 10 a page, by name.",
         (
-            Option("owner", OptionType.STRING, "only the characters of this user"),
+            Option("owner", OptionType.USER, "only the characters of this user"),
             Option(
                 "page", OptionType.INTEGER, "page number", default=1, min_value=1, max_value=1000
             ),
@@ -385,6 +388,8 @@ def _convert(command: Command, option: Option, raw: Any) -> Any:
             return text in _TRUE
         raise _bad(command, option, raw, "true or false")
     text = str(raw)
+    if option.type is OptionType.USER:
+        return user_id_of(text)
     if option.type is OptionType.CHOICE:
         lowered = {c.lower(): c for c in option.choices}
         if text.lower() not in lowered:
@@ -439,6 +444,88 @@ def _command_help(command: Command) -> str:
         lines.append(f"  {option.name}: {option.describe()}")
     lines.extend(f"Example: {e}" for e in command.examples)
     return "\n".join(lines)
+
+
+# -- references to commands inside the core's words ------------------------------------------
+
+#: A command reference in a reply is bracketed by these invisible characters around its
+#: canonical spelling (``/character list page:2``, which is also Discord's and the console's),
+#: so each adapter can write it as its users must type it; text that is never rendered still
+#: reads right.
+REF_START, REF_END = "\u2063", "\u2064"
+_REF = re.compile(f"{REF_START}/([^{REF_END}]*){REF_END}")
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRef:
+    """A catalog command named in a reply, with the options it shows (a value, or ``…``)."""
+
+    command: Command
+    options: tuple[tuple[str, str], ...] = ()
+
+    def canonical(self) -> str:
+        """``/character list page:2``: how Discord and the console spell it."""
+        return " ".join([f"/{self.command.name}", *(f"{k}:{v}" for k, v in self.options)])
+
+
+def ref(name: str, /, **options: object) -> str:
+    """A reference to the catalog command ``name`` for the core's words; adapters render it
+    with ``render_refs``. Option values are shown as given (``"…"`` for "fill this in"), and
+    hold no spaces."""
+    command = find(name)
+    assert command is not None, f"the catalog has no command {name!r}"
+    for option, value in options.items():
+        assert command.option(option) is not None, f"/{name} has no option {option!r}"
+        assert " " not in str(value), f"/{name} {option}: a shown value holds no spaces"
+    shown = CommandRef(command, tuple((k, str(v)) for k, v in options.items()))
+    return f"{REF_START}{shown.canonical()}{REF_END}"
+
+
+def mention(user_id: str) -> str:
+    """A person named in the core's words, by platform id; adapters write it as a mention
+    (``<@U123>`` on Slack, ``<@123>`` on Discord, ``@ann`` in the console)."""
+    return f"{REF_START}@{user_id}{REF_END}"
+
+
+def user_id_of(text: str) -> str:
+    """The id in a user option as people type it: ``<@U123|ann>``, ``<@123>``, ``@ann``."""
+    found = _TYPED_MENTION.fullmatch(text.strip())
+    return found.group(1) if found else text.strip().lstrip("@")
+
+
+_TYPED_MENTION = re.compile(r"<@!?([A-Za-z0-9]+)(?:\|[^>]*)?>")
+_MENTION = re.compile(f"{REF_START}@([^{REF_END}]*){REF_END}")
+
+
+def render_refs(
+    text: str,
+    render: Callable[[CommandRef], str] | None = None,
+    *,
+    person: Callable[[str], str] | None = None,
+) -> str:
+    """``text`` with every command reference written by ``render`` and every mention by
+    ``person`` (defaults: the canonical spelling, ``@id``)."""
+
+    def command(match: re.Match[str]) -> str:
+        found = _parse_ref(match.group(1))
+        if found is None:
+            return f"/{match.group(1)}"
+        return render(found) if render is not None else found.canonical()
+
+    def user(match: re.Match[str]) -> str:
+        return person(match.group(1)) if person is not None else f"@{match.group(1)}"
+
+    return _MENTION.sub(user, _REF.sub(command, text))
+
+
+def _parse_ref(body: str) -> CommandRef | None:
+    words = body.split(" ")
+    for count in (3, 2, 1):
+        command = find(" ".join(words[:count]))
+        if command is not None and all(":" not in w for w in words[:count]):
+            options = tuple((k, v) for k, _, v in (w.partition(":") for w in words[count:] if w))
+            return CommandRef(command, options)
+    return None
 
 
 def attachment_options(command: Command) -> Sequence[Option]:

@@ -15,9 +15,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from bot.commands import ref as command_ref
 from bot.errors import ProviderCannotTake, Refusal
 from bot.models import Character, CharacterMedia, JobReference, JobSpec, MediaKind
-from bot.names import RESERVED, name_key, suggest, unknown_character
+from bot.names import NAME_PATTERN, RESERVED, invalid_mention, name_key, suggest, unknown_character
 from bot.ports import Capabilities, LabelStyle
 
 MAX_SEED = 2_147_483_647
@@ -270,6 +271,8 @@ def _read_mentions(
                 continue
             slot = _Slot(f"@{key}", source.kind, source.blob, source.mime, source.duration)
         else:
+            if not NAME_PATTERN.fullmatch(name):
+                raise invalid_mention(name)
             character = characters.get(key)
             if character is None:
                 unknown.setdefault(key, name)
@@ -306,7 +309,7 @@ def _read_mentions(
         raise Refusal(
             f"{_either(faceless, 'and')} {'has' if len(faceless) == 1 else 'have'} no image or "
             "video to show what they look like, only a voice. Add an image or a video with "
-            "/character edit, or leave them out of the prompt.",
+            f"{command_ref('character add')}, or leave them out of the prompt.",
             code="character_without_media",
         )
     return pieces, slots
@@ -491,7 +494,7 @@ def _unknown_characters(names: Sequence[str], candidates: Sequence[str]) -> Refu
         described.append(f"“{name}”{hint}")
     return Refusal(
         f"There are no characters {_either(described, 'or')} in this server. "
-        "/character list shows the ones you can use.",
+        f"{command_ref('character list')} shows the ones you can use.",
         code="unknown_character",
     )
 
@@ -499,8 +502,10 @@ def _unknown_characters(names: Sequence[str], candidates: Sequence[str]) -> Refu
 def _voice_attached(refs: Sequence[str]) -> Refusal:
     return Refusal(
         f"{_either(refs, 'and')} {'is a voice clip' if len(refs) == 1 else 'are voice clips'}: "
-        "files attached to /generate must be images or videos. A voice belongs to a character: "
-        "save it with /character create name:… image:… voice:… and mention the character.",
+        f"files attached to {command_ref('generate')} must be images or videos. A voice "
+        "belongs to a character: save it with "
+        f"{command_ref('character create', name='…', image='…', voice='…')} "
+        "and mention the character.",
         code="invalid_option",
     )
 

@@ -106,7 +106,8 @@ class Core:
         command = commands.find(request.command)
         if command is None:
             return Reply(
-                f"There is no command /{request.command}. Try /help.", code="unknown_command"
+                f"There is no command /{request.command}. Try {commands.ref('help')}.",
+                code="unknown_command",
             )
         try:
             if command.admin_only and not request.actor.is_admin:
@@ -154,7 +155,7 @@ class Core:
 
     async def _character_show(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
         c = await self.roster.show(request.actor, o["name"])
-        lines = [f"{c.name} · by {c.owner_id} · {c.visibility}"]
+        lines = [f"{c.name} · by {commands.mention(c.owner_id)} · {c.visibility}"]
         if c.description:
             lines.append(c.description)
         names = describe_items(c).split(", ")
@@ -165,17 +166,25 @@ class Core:
         return Reply("\n".join(lines), data={"character": c.name})
 
     async def _character_list(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
-        page = await self.roster.page(request.actor, owner=o.get("owner"), number=o["page"])
+        owner = o.get("owner")
+        page = await self.roster.page(request.actor, owner=owner, number=o["page"])
+        if not page.total and owner:
+            return Reply(
+                f"{commands.mention(owner)} has no characters you can see.",
+                data={"characters": []},
+            )
         if not page.total:
             return Reply(
-                "No characters yet. Save one with /character create.", data={"characters": []}
+                f"No characters yet. Save one with {commands.ref('character create')}.",
+                data={"characters": []},
             )
         lines = [f"Characters (page {page.number} of {page.pages}, {page.total} in all):"]
         for c in page.characters:
             private = " · private" if c.visibility is Visibility.PRIVATE else ""
-            lines.append(f"  {c.name} — {_contents(c)} · by {c.owner_id}{private}")
+            by = commands.mention(c.owner_id)
+            lines.append(f"  {c.name} — {_contents(c)} · by {by}{private}")
         if page.number < page.pages:
-            lines.append(f"Next: /character list page:{page.number + 1}")
+            lines.append(f"Next: {commands.ref('character list', page=page.number + 1)}")
         return Reply("\n".join(lines), data={"characters": [c.name for c in page.characters]})
 
     async def _character_rename(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
@@ -455,8 +464,8 @@ class Core:
         ]
         if not order:
             raise Refusal(
-                "No video provider allowed in this server is set up on this bot; "
-                "ask a server admin (/settings providers:) or the bot's operator.",
+                "No video provider allowed in this server is set up on this bot; ask a server "
+                f"admin ({commands.ref('settings', providers='…')}) or the bot's operator.",
                 code="configuration_error",
             )
         configured = [n for n in order if n in self._provider_order or n in preferred]
@@ -478,7 +487,7 @@ class Core:
                     if checked.info.kind is MediaKind.VOICE:
                         raise Refusal(
                             f"{name} is a voice clip; references must be images or videos. "
-                            "Give voices to characters with /character add.",
+                            f"Give voices to characters with {commands.ref('character add')}.",
                             code="invalid_media",
                         )
                     blob = await self._blobs.put_file(checked.path)
@@ -501,7 +510,10 @@ class Core:
     async def _jobs(self, request: CommandRequest, o: dict[str, Any]) -> Reply:
         jobs = await self.engine.recent(request.actor)
         if not jobs:
-            return Reply("You have no jobs yet. Make one with /generate.", data={"jobs": []})
+            return Reply(
+                f"You have no jobs yet. Make one with {commands.ref('generate')}.",
+                data={"jobs": []},
+            )
         now = self._clock()
         lines = ["Your recent jobs:"]
         for job in jobs:
@@ -572,7 +584,7 @@ class Core:
             actor.server_key, actor.platform, replace(current, channels=channels)
         )
         if not channels:
-            text = "No generation channels now: /generate works in any channel."
+            text = f"No generation channels now: {commands.ref('generate')} works in any channel."
         else:
             text = "Generation channels: " + ", ".join(f"<#{c}>" for c in channels) + "."
         return Reply(text, data={"channels": list(channels)})
@@ -651,7 +663,7 @@ def _dry_run_reply(composition: Composition, route: _Route) -> Reply:
 def _saved(character: Character) -> Reply:
     return Reply(
         f"Saved {character.name}: {_contents(character)} ({character.visibility}). "
-        f"Use it with @{character.name} in /generate.",
+        f"Use it with @{character.name} in {commands.ref('generate')}.",
         data={"character": character.name},
     )
 

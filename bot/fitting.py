@@ -44,12 +44,14 @@ from bot.media import (
     FORMAT_NAMES,
     IMAGE_READERS,
     NOUNS,
+    TEMP_PREFIXES,
     clip_duration,
     damaged_media,
     describe_amount,
     scan_packets,
     webp_is_lossless,
 )
+from bot.memory import MemoryBudget, held, image_cost
 from bot.models import MIME_EXTENSIONS, MediaKind
 from bot.ports import Capabilities
 
@@ -84,7 +86,13 @@ class FittedFile:
 
 
 async def fit_reference(
-    path: Path, kind: MediaKind, mime: str, capabilities: Capabilities, workdir: Path
+    path: Path,
+    kind: MediaKind,
+    mime: str,
+    capabilities: Capabilities,
+    workdir: Path,
+    *,
+    memory: MemoryBudget | None = None,
 ) -> FittedFile | None:
     """Fit a stored reference to a provider's limits; ``None`` when it already fits.
 
@@ -94,8 +102,13 @@ async def fit_reference(
     ``max_video_bytes`` re-encoded to fit: the result is an H.264 (yuv420p) MP4 with its index
     first, its sound kept as AAC. Voice clips over ``max_voice_seconds`` are trimmed and stay WAV
     (16-bit PCM) or MP3. Raises ``InvalidMedia`` for a file that cannot be read or fitted.
+
+    A JPEG is decoded at the smallest scale that still covers the provider's side limit
+    (Pillow's ``draft``); any image's decode waits its turn in ``memory`` when given.
     """
-    work = asyncio.ensure_future(asyncio.to_thread(_fit, path, kind, mime, capabilities, workdir))
+    work = asyncio.ensure_future(
+        asyncio.to_thread(_fit, path, kind, mime, capabilities, workdir, memory)
+    )
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
@@ -117,7 +130,12 @@ def _unlink(path: Path) -> None:
 
 
 def _fit(
-    path: Path, kind: MediaKind, mime: str, capabilities: Capabilities, workdir: Path
+    path: Path,
+    kind: MediaKind,
+    mime: str,
+    capabilities: Capabilities,
+    workdir: Path,
+    memory: MemoryBudget | None = None,
 ) -> FittedFile | None:
     if mime not in DEFAULT_LIMITS.types(kind):
         raise InvalidMedia(
@@ -126,7 +144,7 @@ def _fit(
         )
     try:
         if kind is MediaKind.IMAGE:
-            return _fit_image(path, mime, capabilities, workdir)
+            return _fit_image(path, mime, capabilities, workdir, memory)
         if kind is MediaKind.VIDEO:
             return _fit_video(path, mime, capabilities, workdir)
         return _fit_voice(path, mime, capabilities, workdir)
@@ -141,7 +159,9 @@ def _fit(
 def _output(workdir: Path, mime: str) -> Iterator[Path]:
     """A new temp file for a fitted copy, removed again if making it fails."""
     workdir.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix="fitted-", suffix=MIME_EXTENSIONS[mime], dir=workdir)
+    handle, name = tempfile.mkstemp(
+        prefix=TEMP_PREFIXES[1], suffix=MIME_EXTENSIONS[mime], dir=workdir
+    )
     os.close(handle)
     path = Path(name)
     try:
@@ -154,7 +174,9 @@ def _output(workdir: Path, mime: str) -> Iterator[Path]:
 # --- images ----------------------------------------------------------------------------------
 
 
-def _fit_image(path: Path, mime: str, caps: Capabilities, workdir: Path) -> FittedFile | None:
+def _fit_image(
+    path: Path, mime: str, caps: Capabilities, workdir: Path, memory: MemoryBudget | None = None
+) -> FittedFile | None:
     size = path.stat().st_size
     with IMAGE_READERS[mime](str(path)) as image:  # reads the header, not the pixels
         width, height = image.size
@@ -165,26 +187,50 @@ def _fit_image(path: Path, mime: str, caps: Capabilities, workdir: Path) -> Fitt
                 f"This image is {width}×{height} px; images may have at most "
                 f"{DEFAULT_LIMITS.max_image_pixels / 1e6:.1f} megapixels."
             )
-        image.load()
-        return _refit_image(image, mime, caps, workdir)
+        original = image.size
+        if max(width, height) > caps.max_image_side:
+            scale = caps.max_image_side / max(width, height)
+            # A JPEG decodes at 1/2, 1/4 or 1/8 scale directly, never below the size asked.
+            image.draft(image.mode, (math.ceil(width * scale), math.ceil(height * scale)))
+        decoded = image_cost(*image.size, image.mode, copies=2)  # the pixels and a resized copy
+        with held(memory, decoded):
+            image.load()
+            params = _save_params(image, mime)
+            pixels = _reduced(_workable(image), caps.max_image_side)
+            if pixels is not image:
+                image.close()  # its full-size pixels are not needed any more: free them now
+            return _refit_image(pixels, mime, caps, workdir, original, params)
+
+
+def _reduced(pixels: Image.Image, max_side: int) -> Image.Image:
+    """``pixels`` shrunk by a whole factor (box averaging, cheap) while still at least
+    ``max_side`` on the long side, so the Lanczos pass after it starts from a small copy."""
+    factor = max(pixels.size) // max_side
+    return pixels.reduce(factor) if factor >= 2 else pixels
 
 
 def _refit_image(
-    image: ImageFile.ImageFile, mime: str, caps: Capabilities, workdir: Path
+    pixels: Image.Image,
+    mime: str,
+    caps: Capabilities,
+    workdir: Path,
+    original: tuple[int, int],
+    params: dict[str, object],
 ) -> FittedFile:
-    """Resize ``image`` to the side limit, in its own format if that meets the byte limit too;
-    otherwise as a JPEG of decreasing quality, then smaller, until it does."""
-    pixels = _workable(image)
+    """Resize ``pixels`` (of an image ``original`` in size, perhaps decoded or reduced smaller
+    already) to the side limit, in its own format (``params``) if that meets the byte limit
+    too; otherwise as a JPEG of decreasing quality, then smaller, until it does."""
     if max(pixels.size) > caps.max_image_side:
         pixels = _resized(pixels, caps.max_image_side / max(pixels.size))
+    if pixels.size != original:
         with _output(workdir, mime) as dest:
-            _save_as(pixels, mime, dest, _save_params(image, mime))
+            _save_as(pixels, mime, dest, params)
             if dest.stat().st_size <= caps.max_image_bytes:
                 return FittedFile(dest, mime, f"resized to {pixels.width}×{pixels.height}")
             dest.unlink()
     with _output(workdir, "image/jpeg") as dest:
         pixels, quality = _jpeg_within(_flattened(pixels), caps.max_image_bytes, dest)
-        notes = [] if pixels.size == image.size else [f"resized to {pixels.width}×{pixels.height}"]
+        notes = [] if pixels.size == original else [f"resized to {pixels.width}×{pixels.height}"]
         notes.append(
             f"re-encoded as JPEG (quality {quality}) to fit {describe_amount(caps.max_image_bytes)}"
         )

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bot import fitting, media
+from bot.commands import ref as command_ref
 from bot.compose import relabel
 from bot.errors import (
     LeaseLost,
@@ -418,7 +419,7 @@ class JobEngine:
         job = await self._store.get(job_id.strip())
         if job is None or job.server_id != actor.server_key:
             raise Refusal(
-                f"There is no job “{job_id}” in this server. /jobs lists yours.",
+                f"There is no job “{job_id}” in this server. {command_ref('jobs')} lists yours.",
                 code="unknown_job",
             )
         if job.user_id != actor.user_id and not actor.is_admin:

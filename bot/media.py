@@ -17,9 +17,10 @@ import asyncio
 import io
 import math
 import os
+import re
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from itertools import islice
 from pathlib import Path
@@ -41,6 +42,7 @@ from PIL import (
 )
 
 from bot.errors import InvalidMedia
+from bot.memory import MemoryBudget, held, image_cost
 from bot.models import IncomingFile, MediaInfo, MediaKind
 
 # FFmpeg would otherwise print every oddity of a damaged upload to stderr; refusals say enough.
@@ -114,6 +116,8 @@ class MediaLimits:
     voice_min_s: float = 1.0
     voice_max_s: float = 10.0
     voice_max_bytes: int = 15 * MiB
+    #: Decoded pixels held at once across threads (``R2V_MEDIA_MEMORY_MB``); ``None``: no limit.
+    memory: MemoryBudget | None = field(default=None, compare=False)
 
     def max_bytes(self, kind: MediaKind | None) -> int:
         """The largest file of ``kind``; with no kind, the largest of any kind."""
@@ -219,6 +223,15 @@ async def check_file(
     colours converted to sRGB when they carried an ICC profile); videos and voice clips are kept
     as received. On any refusal, every temp file this made is gone.
     """
+    try:
+        return await _check(file, workdir, expect, limits)
+    except InvalidMedia as exc:
+        raise naming(exc, file.name) from exc
+
+
+async def _check(
+    file: IncomingFile, workdir: Path, expect: MediaKind | None, limits: MediaLimits
+) -> CheckedFile:
     received = await receive(file, workdir, limits.max_bytes(expect), kind=expect, limits=limits)
     work = asyncio.ensure_future(asyncio.to_thread(_check_received, received, expect, limits))
     try:
@@ -246,9 +259,23 @@ async def inspect_result(path: Path) -> MediaInfo:
 # --- receiving -------------------------------------------------------------------------------
 
 
+#: How the temp files of saves and fitting begin (``bot.fitting`` names its own ``fitted-``).
+TEMP_PREFIXES: Final = ("incoming-", "fitted-")
+
+
+def remove_leftovers(workdir: Path) -> list[Path]:
+    """Delete the temp files a save or a fitting killed half-way left in ``workdir``; answer
+    them. Run at start, before anything can be writing there: one process owns a data folder."""
+    if not workdir.is_dir():
+        return []
+    found = [p for p in workdir.iterdir() if p.is_file() and p.name.startswith(TEMP_PREFIXES)]
+    _unlink(found)
+    return found
+
+
 def _new_temp_file(workdir: Path) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix="incoming-", suffix=".part", dir=workdir)
+    handle, name = tempfile.mkstemp(prefix=TEMP_PREFIXES[0], suffix=".part", dir=workdir)
     os.close(handle)
     return Path(name)
 
@@ -302,6 +329,33 @@ def _discard_result(work: asyncio.Future[CheckedFile]) -> None:
 
 
 def _check_received(received: Path, expect: MediaKind | None, limits: MediaLimits) -> CheckedFile:
+    with held(limits.memory, _decode_cost(received, limits)):
+        return _check_and_clean(received, expect, limits)
+
+
+def _decode_cost(path: Path, limits: MediaLimits) -> int:
+    """What checking and re-saving ``path`` holds decoded, from its header alone: an image's
+    pixels (twice when it must be turned upright or colour-converted), else nothing worth
+    budgeting (clips are decoded a frame at a time). Oversized or unreadable headers cost
+    nothing here: ``_examine`` refuses them before decoding."""
+    with path.open("rb") as handle:
+        found = _sniff(handle.read(_HEAD_SIZE))
+    if found is None or found[0] is not MediaKind.IMAGE or found[1] not in IMAGE_READERS:
+        return 0
+    try:
+        with IMAGE_READERS[found[1]](str(path)) as image:
+            width, height = image.size
+            if width * height > limits.max_image_pixels:
+                return 0
+            # getexif() would decode a PNG to look for a late eXIf chunk: read the header's
+            # info alone, and count a second copy whenever it may have to be turned.
+            copies = 2 if image.info.get("exif") or image.info.get("icc_profile") else 1
+            return image_cost(width, height, image.mode, copies=copies)
+    except Exception:  # an unreadable header: refused, undecoded, by the check itself
+        return 0
+
+
+def _check_and_clean(received: Path, expect: MediaKind | None, limits: MediaLimits) -> CheckedFile:
     info, image = _examine(received, limits, expect)
     final = received.with_suffix(info.extension)
     if image is None:
@@ -332,9 +386,10 @@ def _check_received(received: Path, expect: MediaKind | None, limits: MediaLimit
 
 
 def _identify(path: Path, limits: MediaLimits) -> MediaInfo:
-    info, image = _examine(path, limits, None)
-    if image is not None:
-        image.close()
+    with held(limits.memory, _decode_cost(path, limits)):
+        info, image = _examine(path, limits, None)
+        if image is not None:
+            image.close()
     return info
 
 
@@ -419,6 +474,8 @@ _KNOWN_OTHERS: Final[tuple[tuple[Callable[[bytes], bool], str, MediaKind | None]
     (lambda h: h.startswith(b"RIFF") and h[8:12] == b"AVI ", "an AVI video", MediaKind.VIDEO),
     (lambda h: h.startswith(b"OggS"), "an Ogg file", MediaKind.VOICE),
     (lambda h: h.startswith(b"fLaC"), "a FLAC file", MediaKind.VOICE),
+    (lambda h: h.startswith((b"PK\x03\x04", b"PK\x05\x06")), "a ZIP archive", None),
+    (lambda h: h.startswith(b"%PDF"), "a PDF document", None),
 )
 
 
@@ -676,6 +733,24 @@ def _inspect_result(path: Path) -> MediaInfo:
 
 
 # --- messages --------------------------------------------------------------------------------
+
+#: How every refusal about one received file begins: "This file is…", "This PNG image cannot…".
+_SUBJECT: Final = re.compile(
+    r"This (?:(?P<format>[A-Z0-9]+ (?:image|file))|file|image|video|voice clip) "
+)
+
+
+def naming(error: InvalidMedia, name: str) -> InvalidMedia:
+    """``error`` about the file called ``name``, said with its name ("ref2.png is a ZIP
+    archive…"), so a refusal among several files says which one."""
+    name = " ".join(name.split())
+    if not name or _SUBJECT.match(error.message) is None:
+        return error
+
+    def subject(found: re.Match[str]) -> str:
+        return f"{name} ({found['format']}) " if found["format"] else f"{name} "
+
+    return InvalidMedia(_SUBJECT.sub(subject, error.message, count=1), code=error.code)
 
 
 def _too_large(amount: str, max_bytes: int, kind: MediaKind | None) -> InvalidMedia:

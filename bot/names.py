@@ -6,6 +6,7 @@ import difflib
 import re
 from collections.abc import Iterable
 
+from bot.commands import ref as command_ref
 from bot.errors import Refusal
 
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
@@ -27,11 +28,18 @@ def check_name(name: str) -> str:
         )
     if RESERVED.fullmatch(name):
         raise Refusal(
-            f"“{name}” is reserved: @ref1, @ref2… name the files attached to /generate. "
-            "Choose another name.",
+            f"“{name}” is reserved: @ref1, @ref2… name the files attached to "
+            f"{command_ref('generate')}. Choose another name.",
             code="invalid_name",
         )
     return name
+
+
+def invalid_mention(name: str) -> Refusal:
+    """A mention that could never name a character (too long): the rule, not "unknown"."""
+    return Refusal(
+        f"“@{name}” is not a valid character name: use {NAME_RULE}.", code="invalid_name"
+    )
 
 
 def suggest(name: str, candidates: Iterable[str], limit: int = 3) -> list[str]:
@@ -49,6 +57,6 @@ def unknown_character(name: str, candidates: Iterable[str]) -> Refusal:
     hint = f" Did you mean {', '.join('@' + h for h in hints)}?" if hints else ""
     return Refusal(
         f"There is no character “{name}” in this server.{hint} "
-        "/character list shows the ones you can use.",
+        f"{command_ref('character list')} shows the ones you can use.",
         code="unknown_character",
     )

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot import media
+from bot.commands import ref as command_ref
+from bot.commands import user_id_of
 from bot.errors import Refusal
 from bot.models import Actor, Character, CharacterMedia, IncomingFile, MediaKind, Visibility
 from bot.names import check_name, name_key, suggest, unknown_character
@@ -91,7 +93,7 @@ class Roster:
         return await self.find(actor, name)
 
     async def page(self, actor: Actor, *, owner: str | None = None, number: int = 1) -> Page:
-        owner_id = owner.strip().lstrip("@") if owner else None
+        owner_id = user_id_of(owner) if owner else None
         everyone = await self._store.list(actor.server_key, owner_id=owner_id)
         visible = [c for c in everyone if self.can_see(actor, c)]
         pages = max(1, -(-len(visible) // PAGE_SIZE))
@@ -147,7 +149,7 @@ class Roster:
             if have >= PER_CHARACTER[kind]:
                 raise Refusal(
                     f"{character.name} already has {_count(PER_CHARACTER[kind], kind)}, the most a "
-                    f"character can hold. Remove one first with /character remove.",
+                    f"character can hold. Remove one first with {command_ref('character remove')}.",
                     code="limit_reached",
                 )
             blob = await self._blobs.put_file(checked.path)

@@ -6,6 +6,7 @@ names for keys and tokens. There is no module-level instance: ``load_settings`` 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -42,6 +43,8 @@ PROVIDER_KEY_FIELDS = {
 
 
 _LABELS = "separate, videos_first, compact or character"
+#: Every name R2V_PROVIDER takes: the hosted ones, the GPU worker, and the keyless storyboard.
+KNOWN_PROVIDERS = (*HOSTED_PROVIDERS, "local", "storyboard")
 
 
 def _env(name: str) -> Any:
@@ -66,7 +69,9 @@ class Settings(BaseSettings):
         None, description="an http(s) URL where providers can reach this bot, without a path"
     )
     provider: str | None = Field(
-        None, description="a provider name, or several separated by commas (the failover order)"
+        None,
+        description=f"one of {', '.join(KNOWN_PROVIDERS)}, or several separated by commas "
+        "(the failover order)",
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
@@ -182,6 +187,10 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='JSON: USD per second by provider and resolution, e.g. {"fal": {"720p": 0.1}}',
     )
+    media_memory_mb: Annotated[int, Field(ge=64)] = Field(
+        512,
+        description="megabytes of decoded images held at once (big ones take turns), at least 64",
+    )
     max_reference_seconds: Annotated[float, Field(gt=0, le=30)] = Field(
         5.0, description="seconds of reference video sent to a provider (it bills them), 0–30"
     )
@@ -238,7 +247,9 @@ class Settings(BaseSettings):
         20.0, description="seconds a stopping instance has to finish what it holds, more than 0"
     )
     discord_shards: str | None = Field(
-        None, description="the Discord shards this process runs, e.g. 0-3/8 (shards 0–3 of 8)"
+        None,
+        description="the Discord shards this process runs, as first-last/count with "
+        "last < count, e.g. 0-3/8 (shards 0–3 of 8)",
     )
 
     discord_token: SecretStr | None = _env("DISCORD_TOKEN")
@@ -246,6 +257,15 @@ class Settings(BaseSettings):
     slack_app_token: SecretStr | None = _env("SLACK_APP_TOKEN")
     slack_signing_secret: SecretStr | None = _env("SLACK_SIGNING_SECRET")
     discord_api_base: str | None = Field(None, description="an http(s) URL of a Discord REST API")
+    discord_file_hosts: str = Field(
+        "cdn.discordapp.com,media.discordapp.net",
+        description="host names attachments are downloaded from over https, separated by commas",
+    )
+    slack_file_hosts: str = Field(
+        "files.slack.com",
+        description="host names (https) or http(s) origins Slack files are downloaded from with "
+        "the bot token, separated by commas",
+    )
     slack_api_base: str | None = Field(None, description="an http(s) URL of a Slack Web API")
 
     @field_validator(
@@ -297,6 +317,47 @@ class Settings(BaseSettings):
     def local_urls(self) -> tuple[str, ...]:
         """The GPU workers' URLs, in the order given."""
         return tuple(self.local_url.split(",")) if self.local_url else ()
+
+    @field_validator("discord_file_hosts", "slack_file_hosts")
+    @classmethod
+    def _hosts(cls, value: str) -> str:
+        if not _names(value):
+            raise ValueError("no host given")
+        return value
+
+    @property
+    def discord_file_host_names(self) -> frozenset[str]:
+        return frozenset(name.lower() for name in _names(self.discord_file_hosts))
+
+    @property
+    def slack_file_origins(self) -> tuple[str, ...]:
+        """``R2V_SLACK_FILE_HOSTS`` as origins: a bare host name means https on it."""
+        return tuple(n if "://" in n else f"https://{n}" for n in _names(self.slack_file_hosts))
+
+    @field_validator("provider")
+    @classmethod
+    def _providers(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        names = [p.strip().lower() for p in value.split(",") if p.strip()]
+        unknown = [n for n in names if n not in KNOWN_PROVIDERS]
+        if unknown:
+            raise ValueError(f"unknown provider {', '.join(unknown)}")
+        return value
+
+    @field_validator("discord_shards")
+    @classmethod
+    def _shards(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        shard_plan(value)
+        return value.strip()
+
+    @property
+    def discord_shard_plan(self) -> tuple[list[int], int] | None:
+        """``(shard ids, shard count)`` for ``R2V_DISCORD_SHARDS``; ``None``: all, Discord's
+        recommended count."""
+        return shard_plan(self.discord_shards) if self.discord_shards else None
 
     @field_validator("data_dir")
     @classmethod
@@ -352,6 +413,24 @@ class Settings(BaseSettings):
         ):
             platforms.append("slack")
         return platforms
+
+
+def _names(value: str) -> list[str]:
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+_SHARDS = re.compile(r"(\d+)(?:-(\d+))?/(\d+)")
+
+
+def shard_plan(value: str) -> tuple[list[int], int]:
+    """``"0-3/8"`` → ``([0, 1, 2, 3], 8)``; ``"5/8"`` is shard 5 alone."""
+    found = _SHARDS.fullmatch(value.strip())
+    if found is None:
+        raise ValueError("not first-last/count")
+    first, last, count = int(found[1]), int(found[2] or found[1]), int(found[3])
+    if not first <= last < count:
+        raise ValueError("shards must run from first to last, below the count")
+    return list(range(first, last + 1)), count
 
 
 def env_name(field_name: str) -> str:

@@ -22,7 +22,8 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Protocol
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from bot.errors import StorageUnavailable
 
@@ -131,6 +132,8 @@ class MediaLinks:
                 return None
         except ValueError:
             return None
+        if not _BLOB.fullmatch(blob) or not _MIME.fullmatch(mime):
+            return None  # signed with our secret, yet not a name we make: a 404 all the same
         return blob, mime
 
 
@@ -192,7 +195,7 @@ def media_route(
             ) from None
         if not await asyncio.to_thread(path.is_file):
             raise web.HTTPNotFound()
-        return web.FileResponse(path, headers=headers)
+        return await prepared_for_ranges(web.FileResponse(path, headers=headers), request)
 
     return web.get("/media/{token}", serve)
 
@@ -204,7 +207,9 @@ async def _stream(
     a chunk at a time. A fault once bytes have gone out cuts the response short (its length
     then tells the client)."""
     head = request.method == "HEAD"
-    async with remote.open_range(blob, request.headers.get("Range"), head=head) as answer:
+    wanted = request.headers.get(hdrs.RANGE)
+    byte_range = wanted if usable_range(wanted) else None  # others are ignored (RFC 9110)
+    async with remote.open_range(blob, byte_range, head=head) as answer:
         response = web.StreamResponse(status=answer.status, headers=headers)
         response.content_length = answer.length
         response.headers["Accept-Ranges"] = "bytes"
@@ -215,3 +220,40 @@ async def _stream(
             await response.write(chunk)
         await response.write_eof()
         return response
+
+
+# -- Range (RFC 9110 §14) ---------------------------------------------------------------------
+
+#: The one Range form served as a part: a single byte range (``bytes=10-99``, ``bytes=10-``,
+#: ``bytes=-500``). aiohttp answers anything else 416, where RFC 9110 §14.2 says a Range the
+#: server does not support is ignored.
+_ONE_BYTE_RANGE = re.compile(r"bytes=[ \t]*(\d+-\d*|-\d+)[ \t]*", re.IGNORECASE)
+
+
+def usable_range(header: str | None) -> bool:
+    """Whether a Range header is one this route serves as a part (206 or 416)."""
+    return header is not None and _ONE_BYTE_RANGE.fullmatch(header) is not None
+
+
+def ignoring_range(request: web.Request) -> web.Request:
+    """``request`` as the file response must see it: without a Range it will not serve as a
+    part (an unknown unit, several ranges, a malformed value), so the whole body goes out
+    with 200. Several ranges could be a ``multipart/byteranges``; a whole body is as correct
+    and what every client of this route (providers fetching a reference) wants."""
+    header = request.headers.get(hdrs.RANGE)
+    if header is None or usable_range(header):
+        return request
+    headers = CIMultiDict(request.headers)
+    del headers[hdrs.RANGE]
+    return request.clone(headers=CIMultiDictProxy(headers))
+
+
+async def prepared_for_ranges(
+    response: web.StreamResponse, request: web.Request
+) -> web.StreamResponse:
+    """``response`` (a file response) under the Range rules above: prepared here, for the
+    request without its Range, when that Range is to be ignored; else as it is."""
+    plain = ignoring_range(request)
+    if plain is not request:
+        await response.prepare(plain)
+    return response

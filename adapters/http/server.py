@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from bot import __version__
-from bot.errors import WebhookRejected
+from bot.errors import ConfigurationError, WebhookRejected
 from bot.jobs import JobEngine, UnknownJob
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,16 @@ class HttpServer:
             site = web.SockSite(self._runner, self._sock)
         else:
             site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise ConfigurationError(
+                f"port {self._port} is in use (another r2v, or another program, listens on "
+                f"{self._host}:{self._port}); stop it or set R2V_HTTP_PORT to a free port."
+            ) from None
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         if sockets:

@@ -192,6 +192,9 @@ class StoryboardProvider:
             label_style=label_style or LabelStyle.SEPARATE,
             webhooks=True,
             prices=FREE,
+            # It renders frames of at most 1920 px; references fitted to that first keep an
+            # 8000×8000 image from being decoded full size five times (issue 14.11).
+            max_image_side=1920,
         )
 
     @property

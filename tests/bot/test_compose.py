@@ -261,8 +261,8 @@ def test_several_unknown_names_are_refused_together() -> None:
 def test_a_name_longer_than_any_name_is_refused_not_cut_short() -> None:
     long_name = "alice" + "x" * 40
 
-    message = refused(f"@{long_name} waves", "unknown_character")
-    assert long_name in message
+    message = refused(f"@{long_name} waves", "invalid_name")
+    assert long_name in message and "at most 32 characters" in message
 
 
 def test_double_at_is_a_literal_at_and_not_a_mention() -> None:

@@ -7,7 +7,9 @@ code ``invalid_media`` and leave nothing behind in the work folder.
 from __future__ import annotations
 
 import asyncio
+import io
 import time
+import zipfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,7 +202,7 @@ async def test_truncated_png_is_refused(src: Path, workdir: Path) -> None:
 
     message = await refused(bytes_file("noise.png", data[: len(data) // 2]), workdir)
 
-    assert "PNG image cannot be read" in message
+    assert message.startswith("noise.png (PNG image) cannot be read")
 
 
 async def test_image_header_claiming_a_huge_size_is_refused_before_decoding(
@@ -234,7 +236,7 @@ async def test_too_small_image_is_refused(src: Path, workdir: Path) -> None:
 
     message = await refused(local_file(path), workdir)
 
-    assert message == "This image is 100×100 px; images must be 240–8000 px on each side."
+    assert message == "tiny.png is 100×100 px; images must be 240–8000 px on each side."
 
 
 async def test_too_long_video_is_refused(src: Path, workdir: Path) -> None:
@@ -242,7 +244,7 @@ async def test_too_long_video_is_refused(src: Path, workdir: Path) -> None:
 
     message = await refused(local_file(path), workdir, expect=MediaKind.VIDEO)
 
-    assert message == "This video is 40.0 s long; videos must be 1–30 s long."
+    assert message == "long.mp4 is 40.0 s long; videos must be 1–30 s long."
 
 
 async def test_too_long_voice_clip_is_refused(src: Path, workdir: Path) -> None:
@@ -250,7 +252,7 @@ async def test_too_long_voice_clip_is_refused(src: Path, workdir: Path) -> None:
 
     message = await refused(local_file(path), workdir, expect=MediaKind.VOICE)
 
-    assert message == "This voice clip is 12.0 s long; voice clips must be 1–10 s long."
+    assert message == "speech.wav is 12.0 s long; voice clips must be 1–10 s long."
 
 
 @pytest.mark.parametrize("kind", [MediaKind.VIDEO, MediaKind.VOICE])
@@ -272,7 +274,7 @@ async def test_video_cut_short_is_refused(src: Path, workdir: Path) -> None:
 
     message = await refused(local_file(path), workdir, expect=MediaKind.VIDEO)
 
-    assert message.startswith("This MP4 file cannot be read: it is damaged or incomplete.")
+    assert message.startswith("clip.mp4 (MP4 file) cannot be read: it is damaged or incomplete.")
 
 
 async def test_audio_only_mp4_is_refused_as_a_video(src: Path, workdir: Path) -> None:
@@ -290,7 +292,7 @@ async def test_video_given_for_an_image_is_refused_by_kind(src: Path, workdir: P
     message = await refused(local_file(path), workdir, expect=MediaKind.IMAGE)
 
     assert message == (
-        "This file is a video (MP4); an image (JPEG, PNG, BMP or WEBP) is expected here."
+        "clip.png is a video (MP4); an image (JPEG, PNG, BMP or WEBP) is expected here."
     )
 
 
@@ -310,7 +312,7 @@ async def test_gif_is_refused_by_name(src: Path, workdir: Path) -> None:
 
     assert (
         message
-        == "This file is a GIF image, which is not accepted; images must be JPEG, PNG, BMP or WEBP."
+        == "anim.gif is a GIF image, which is not accepted; images must be JPEG, PNG, BMP or WEBP."
     )
 
 
@@ -339,7 +341,7 @@ async def test_oversized_file_is_refused_by_its_declared_size_without_reading(
     )
 
     assert source.pulled == 0
-    assert message == "This file is 20.1 MB; images may be at most 20 MB."
+    assert message == "big.jpg is 20.1 MB; images may be at most 20 MB."
 
 
 async def test_oversized_file_is_refused_while_reading_and_its_stream_is_closed(
@@ -353,7 +355,7 @@ async def test_oversized_file_is_refused_while_reading_and_its_stream_is_closed(
 
     assert source.pulled == 17
     assert source.closed
-    assert message == "This file is over 1 MB; images may be at most 1 MB."
+    assert message == "big.jpg is over 1 MB; images may be at most 1 MB."
 
 
 async def test_cancelled_download_leaves_nothing_behind(workdir: Path) -> None:
@@ -387,7 +389,7 @@ async def test_a_file_over_its_kinds_limit_is_refused_after_identification(
 
     message = await refused(local_file(path), workdir, limits=limits)
 
-    assert message == "This image is 301 KB; images may be at most 100 KB."
+    assert message == "big.bmp is 301 KB; images may be at most 100 KB."
 
 
 async def test_receive_keeps_every_byte_of_an_accepted_stream(workdir: Path) -> None:
@@ -497,3 +499,11 @@ async def test_result_without_a_picture_is_refused(src: Path) -> None:
 
     with pytest.raises(InvalidMedia, match="The provider's video has no video stream"):
         await inspect_result(path)
+
+
+async def test_a_refusal_names_the_file_and_what_it_really_is(workdir: Path) -> None:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as packed:
+        packed.writestr("inside.txt", "not a picture")
+    message = await refused(bytes_file("ref2.png", archive.getvalue()), workdir)
+    assert message.startswith("ref2.png is a ZIP archive, which is not accepted")

@@ -9,6 +9,8 @@ result of a given size.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import random
 from collections.abc import AsyncIterator
@@ -149,6 +151,15 @@ async def delivered(bot: DiscordBot, job_id: str) -> dict[str, Any]:
     return await bot.fake.wait_for(video)
 
 
+async def finished(bot: DiscordBot, job_id: str, within: float = 15.0) -> Job:
+    """The job once it has ended (the engine records a delivery just after posting it)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not (job := await bot.job(job_id)).state.is_final:
+        assert asyncio.get_running_loop().time() < deadline, f"job {job_id} is {job.state}"
+        await asyncio.sleep(0.02)
+    return job
+
+
 def noise_video(path: Path, frames: int, size: tuple[int, int] = (320, 240)) -> Path:
     """An H.264 clip of random pixels, losslessly coded: big for its length, cheap to make."""
     rng = random.Random(7)
@@ -222,7 +233,9 @@ async def test_the_catalog_is_synced_globally_as_application_commands(
         "4:3",
         "3:4",
     ]
-    assert (generate["duration"]["min_value"], generate["duration"]["max_value"]) == (2, 15)
+    # A short range is offered as choices, as the README says.
+    assert [c["value"] for c in generate["duration"]["choices"]] == list(range(2, 16))
+    assert generate["duration"]["choices"][0]["name"] == "2 seconds"
     create = {o["name"]: o for o in subs["create"]["options"]}
     assert {n: create[n]["type"] for n in ("image", "image2", "image3", "video", "voice")} == {
         "image": 11,
@@ -314,6 +327,90 @@ async def test_attachments_not_on_discords_cdn_are_never_fetched(
     assert bot.cdn.hosts == ["cdn.discordapp.com"]  # the last one only, and it was cut off
 
 
+async def test_replies_name_commands_as_discord_spells_them(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    async with discord_bot(tmp_path, fake) as bot:
+        user = fake.user("ann")
+        channel = fake.text_channel("general")
+        empty = await bot.send(fake.slash("character list", user, channel))
+        jobs = await bot.send(fake.slash("jobs", user, channel))
+    assert "Save one with /character create." in empty.content
+    assert "Make one with /generate." in jobs.content
+    assert "\u2063" not in empty.content + jobs.content
+
+
+async def test_owners_are_mentions_and_character_list_takes_a_user(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    async with discord_bot(tmp_path, fake) as bot:
+        ann, ben, cat = fake.user("ann"), fake.user("ben"), fake.user("cat")
+        channel = fake.text_channel("general")
+        await characters(bot, ann, "alice")
+        await characters(bot, ben, "bob")
+        everyone = await bot.send(fake.slash("character list", ann, channel))
+        bens = await bot.send(fake.slash("character list", ann, channel, owner=str(ben.id)))
+        cats = await bot.send(fake.slash("character list", ann, channel, owner=str(cat.id)))
+        shown = await bot.send(fake.slash("character show", ann, channel, name="bob"))
+    [option] = [
+        o
+        for c in fake.commands["global"]
+        if c["name"] == "character"
+        for s in c["options"]
+        if s["name"] == "list"
+        for o in s["options"]
+        if o["name"] == "owner"
+    ]
+    assert option["type"] == 6  # Discord's user picker
+    assert f"by <@{ann.id}>" in everyone.content and f"by <@{ben.id}>" in everyone.content
+    assert "bob" in bens.content and "alice" not in bens.content
+    assert cats.content == f"<@{cat.id}> has no characters you can see."
+    assert f"by <@{ben.id}>" in shown.content
+
+
+async def test_a_refusal_names_the_file(tmp_path: Path, fake: FakeDiscord) -> None:
+    async with discord_bot(tmp_path, fake) as bot:
+        user = fake.user("ann")
+        channel = fake.text_channel("general")
+        packed = fake.attachment(data=b"PK\x03\x04" + bytes(200), filename="ref2.png")
+        answer = await bot.send(
+            fake.slash("character create", user, channel, name="eve", image=packed)
+        )
+    assert answer.code == "invalid_media"
+    assert "ref2.png is a ZIP archive, which is not accepted" in answer.content
+
+
+async def test_a_bad_name_is_refused_with_the_rule(tmp_path: Path, fake: FakeDiscord) -> None:
+    image = make_image(tmp_path / "a.png", size=(320, 320))
+    async with discord_bot(tmp_path, fake) as bot:
+        user = fake.user("ann")
+        channel = fake.text_channel("general")
+        answer = await bot.send(
+            fake.slash("character create", user, channel, name="9lives", image=image)
+        )
+    assert answer.code == "invalid_name"
+    assert "a letter, then letters, digits, _ or -" in answer.content
+    assert fake.cdn_requests == []  # refused before any download
+
+
+async def test_attachment_hosts_are_a_setting(tmp_path: Path, fake: FakeDiscord) -> None:
+    image = make_image(tmp_path / "a.png", size=(320, 320))
+    async with discord_bot(tmp_path, fake, discord_file_hosts="files.example.org") as bot:
+        user = fake.user("ann")
+        channel = fake.text_channel("general")
+        refused = await bot.send(
+            fake.slash("character create", user, channel, name="eve", image=fake.attachment(image))
+        )
+        assert refused.code == "untrusted_attachment"
+        assert "files.example.org" in refused.content
+        elsewhere = fake.attachment(image, url="https://files.example.org/a/b/a.png")
+        saved = await bot.send(
+            fake.slash("character create", user, channel, name="eve", image=elsewhere)
+        )
+        assert saved.code is None, saved.content
+    assert bot.cdn.hosts == ["files.example.org"]
+
+
 async def test_autocomplete_offers_the_users_names_prefix_first(
     tmp_path: Path, fake: FakeDiscord
 ) -> None:
@@ -389,7 +486,7 @@ async def test_a_video_is_made_in_a_thread_of_the_generation_channel(
         seen = [next(i for i, e in enumerate(edits) if s in e) for s in states]
         assert seen == sorted(seen)
         assert fake.in_channel(channel) == []  # nothing in the channel itself
-        assert (await bot.job(job_id)).state is JobState.DELIVERED
+        assert (await finished(bot, job_id)).state is JobState.DELIVERED
 
 
 async def test_generate_is_refused_outside_the_generation_channels(
@@ -493,6 +590,106 @@ async def test_a_repeated_delivery_posts_the_video_once(tmp_path: Path, fake: Fa
         (sends[0].body["nonce"], True)
     }
     assert len([m for m in fake.in_channel(channel) if m["attachments"]]) == 1
+
+
+async def test_a_delivery_whose_outcome_was_lost_is_found_by_a_new_process(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    """Posted, then killed before the engine recorded it: the next process finds the post (by
+    the embed's job marker, past the nonce's window) and the engine does not post again."""
+    async with discord_bot(tmp_path, fake) as bot:
+        channel = await generation_channel(bot)
+        user = fake.user("ann")
+        await characters(bot, user, "alice")
+        job_id = await bot.generate(user, channel, prompt="@alice waves", duration=2)
+        await delivered(bot, job_id)
+        job = await bot.job(job_id)
+    fake._nonces.clear()  # the nonce's few minutes have passed
+    async with discord_bot(tmp_path, fake) as bot:
+        assert await bot.adapter.find_delivery(job)
+        never_posted = dataclasses.replace(job, id="j-never-posted")
+        assert not await bot.adapter.find_delivery(never_posted)
+    reads = fake.made("GET", rf"/channels/{job.destination.thread_id}/messages")
+    assert reads and all(r.query["limit"] == "100" and "after" in r.query for r in reads)
+
+
+async def test_a_deleted_thread_sends_the_video_to_its_channel_mentioning_the_owner(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    async with discord_bot(tmp_path, fake, storyboard_render_seconds=1.0) as bot:
+        channel = await generation_channel(bot)
+        user = fake.user("ann")
+        await characters(bot, user, "alice")
+        job_id = await bot.generate(user, channel, prompt="@alice waves", duration=2)
+        thread = await fake.wait_for(lambda: fake.threads_of(channel))
+        fake.delete_channel(int(thread[0]["id"]))
+        video = await delivered(bot, job_id)
+        assert video["channel_id"] == str(channel)
+        assert video["content"].startswith(f"<@{user.id}>")
+        job = await finished(bot, job_id)
+        assert job.state is JobState.DELIVERED
+        assert await bot.adapter.find_delivery(job)
+
+
+async def test_a_video_goes_to_direct_messages_when_no_channel_takes_it(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    async with discord_bot(tmp_path, fake, storyboard_render_seconds=1.0) as bot:
+        channel = await generation_channel(bot)
+        user = fake.user("ann")
+        await characters(bot, user, "alice")
+        job_id = await bot.generate(user, channel, prompt="@alice waves", duration=2)
+        thread = await fake.wait_for(lambda: fake.threads_of(channel))
+        fake.forbidden |= {int(thread[0]["id"]), channel}
+        video = await delivered(bot, job_id)
+        assert video["channel_id"] == str(fake.dms[user.id])
+        assert (await finished(bot, job_id)).state is JobState.DELIVERED
+
+
+async def test_a_channel_the_bot_may_not_post_in_is_explained(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    async with discord_bot(tmp_path, fake) as bot:
+        user = fake.user("ann")
+        channel = fake.text_channel("locked")
+        fake.forbidden.add(channel)
+        await characters(bot, user, "alice")
+        answer = await bot.send(fake.slash("generate", user, channel, prompt="@alice", duration=2))
+        assert answer.ephemeral and answer.code == "missing_permissions", answer.content
+        assert f"<#{channel}>" in answer.content and "Send Messages" in answer.content
+
+
+async def test_shards_split_across_processes_and_any_process_delivers(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    """R2V_DISCORD_SHARDS=0-3/8 runs shards 0–3 of 8 here; a process with other shards still
+    posts any job's video, through REST alone (no gateway cache)."""
+    async with discord_bot(tmp_path, fake, discord_shards="0-3/8") as bot:
+        assert (bot.adapter.client.shard_ids, bot.adapter.client.shard_count) == ([0, 1, 2, 3], 8)
+        user = fake.user("ann")
+        channel = fake.text_channel("general")
+        await characters(bot, user, "alice")
+        job_id = await bot.generate(user, channel, prompt="@alice", duration=2)
+        video = await delivered(bot, job_id)
+        job = await finished(bot, job_id)
+    copy = tmp_path / "copy.mp4"
+    copy.write_bytes(fake.cdn_files[video["attachments"][0]["url"]])
+    elsewhere = fake.text_channel("other")
+    # Another place, so the nonce does not answer with the first post.
+    moved = dataclasses.replace(
+        job, destination=dataclasses.replace(job.destination, channel_id=str(elsewhere))
+    )
+    async with discord_bot(tmp_path, fake, discord_shards="4/8") as other:
+        assert other.adapter.client.shard_ids == [4]
+        await other.adapter.deliver_video(moved, copy, "from another shard's process")
+        assert await other.adapter.find_delivery(moved)
+    assert [m for m in fake.in_channel(elsewhere) if m["attachments"]]
+
+
+@pytest.mark.parametrize("value", ["4-9/8", "3-1/8", "all", "0-3/0"])
+def test_a_bad_shard_range_stops_the_start_naming_the_variable(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"R2V_DISCORD_SHARDS=.*first-last/count"):
+        load_settings(data_dir=tmp_path, discord_shards=value)
 
 
 # Buttons, forms and the context menu -----------------------------------------------------------

@@ -8,6 +8,7 @@ messages it posted and edited, the files it downloaded and uploaded, its ephemer
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +21,7 @@ from adapters.chat.slack import SlackAdapter
 from adapters.chat.slack.manifest import SAVE_SHORTCUT
 from adapters.local_files import local_file
 from bot.app import App, build
-from bot.models import Actor, Job, JobState
+from bot.models import Actor, CommandRequest, Job, JobState
 from tests.fakes.slack import FakeSlack, Upload
 from tests.harness import bot_settings, bot_socket
 from tests.media_factory import make_image, make_video, make_wav
@@ -67,9 +68,9 @@ async def slack_bot(
         slack_app_token=slack.app_token if socket_mode else None,
         slack_signing_secret=None if socket_mode else slack.signing_secret,
         slack_api_base=slack.api_base,
-        **settings,
+        **{"slack_file_hosts": slack.url, **settings},
     )
-    adapter = SlackAdapter(config, file_origins=[slack.url])
+    adapter = SlackAdapter(config)
     app = await build(config, {"slack": adapter}, http_socket=sock, routes=adapter.routes())
     try:
         await adapter.start(app.core)
@@ -120,7 +121,7 @@ async def test_generate_posts_a_status_edits_it_and_delivers_the_video_in_its_th
         await slack.wait_for(lambda: "Done in" in status.text or None)
         assert any("Sent to storyboard" in edit for edit in status.edits)
         # every edit went to the one status message: nothing else was posted in the channel
-        assert list(slack.messages) == [status.ts]
+        assert [m.ts for m in slack.messages.values() if m.thread_ts is None] == [status.ts]
 
 
 async def test_a_failed_job_tells_the_asker_in_its_thread(tmp_path: Path) -> None:
@@ -145,8 +146,8 @@ async def test_character_list_answers_only_the_asker(tmp_path: Path) -> None:
         _, url = await slack.slash("character list")
         listed = await slack.response(url)
         assert listed["response_type"] == "ephemeral"
-        assert "alice — 1 image · by U0ANN" in listed["text"]
-        assert "bob — 1 image · by U0BOB" in listed["text"]
+        assert "alice — 1 image · by <@U0ANN>" in listed["text"]
+        assert "bob — 1 image · by <@U0BOB>" in listed["text"]
         assert not slack.messages
 
 
@@ -278,6 +279,135 @@ async def test_requests_with_a_bad_or_stale_signature_are_refused(tmp_path: Path
         assert good.status_code == 200
         await slack.wait_for(lambda: slack.responses)
         assert len(slack.responses) == 1
+
+
+async def test_replies_name_commands_as_they_are_typed_on_slack(tmp_path: Path) -> None:
+    async with FakeSlack() as slack, slack_bot(tmp_path, slack):
+        answers = []
+        for text in ("character list", "jobs", "character show nobody"):
+            _, url = await slack.slash(text)
+            answers.append((await slack.response(url))["text"])
+    empty, jobs, unknown = answers
+    assert "`/r2v character create`" in empty
+    assert "`/r2v generate`" in jobs
+    assert "`/r2v character list` shows the ones you can use" in unknown
+    for text in answers:
+        assert "\u2063" not in text and " /character" not in text and " /generate" not in text
+
+
+async def test_owners_are_mentions_and_character_list_takes_a_member(tmp_path: Path) -> None:
+    async with FakeSlack() as slack, slack_bot(tmp_path, slack) as bot:
+        slack.users["U0BEN"] = {"name": "ben", "display_name": "Benjamin"}
+        await bot.character("alice")
+        await bot.character("bob", owner="U0BEN")
+        texts = {}
+        for typed in ("", "owner=<@U0BEN|ben>", "owner=@ben", "owner=@Benjamin", "owner=<@U0ZED>"):
+            _, url = await slack.slash(f"character list {typed}")
+            texts[typed] = (await slack.response(url))["text"]
+        _, url = await slack.slash("character list owner=@ghost")
+        ghost = (await slack.response(url))["text"]
+    assert "alice — 1 image · by <@U0ANN>" in texts[""] and "by <@U0BEN>" in texts[""]
+    for typed in ("owner=<@U0BEN|ben>", "owner=@ben", "owner=@Benjamin"):
+        assert "bob" in texts[typed] and "alice" not in texts[typed], typed
+    assert texts["owner=<@U0ZED>"] == "<@U0ZED> has no characters you can see."
+    assert "There is no member @ghost" in ghost and ghost.endswith("`unknown_user`")
+
+
+async def test_a_name_that_breaks_the_rule_is_refused_with_it_wherever_given(
+    tmp_path: Path,
+) -> None:
+    async with FakeSlack() as slack, slack_bot(tmp_path, slack) as bot:
+        await bot.character("alice")
+        answers = []
+        for text in (f"generate @{'a' * 40} waves", "character rename alice bad!name"):
+            _, url = await slack.slash(text)
+            answers.append((await slack.response(url))["text"])
+    for text in answers:
+        assert text.endswith("`invalid_name`"), text
+        assert "a letter, then letters, digits, _ or -, at most 32 characters" in text
+
+
+async def test_file_hosts_are_a_setting_and_any_other_host_is_refused(tmp_path: Path) -> None:
+    png = make_image(tmp_path / "a.png", size=(320, 400)).read_bytes()
+    hosts = "files.slack.com, files-edge.slack.com"
+    async with FakeSlack() as slack, slack_bot(tmp_path, slack, slack_file_hosts=hosts) as bot:
+        on_the_fake = slack.add_file("alice.png", png, "image/png")
+        await bot.submit({"Name": "alice", FORM_FILES: [on_the_fake]})
+        told = await slack.ephemeral(ANN)
+        assert told["text"].endswith("`foreign_file`")
+        assert "https://files-edge.slack.com, https://files.slack.com" in told["text"]
+        assert slack.downloads == []
+
+
+async def test_unsigned_or_malformed_requests_never_reach_a_parser(tmp_path: Path) -> None:
+    form = "application/x-www-form-urlencoded"
+    async with FakeSlack() as slack, slack_bot(tmp_path, slack):
+        unsigned = await slack.post("payload=%7Bnot-json", form, headers={"X-Unsigned": "1"})
+        garbage = await slack.post(
+            "\x00\xff", "application/json", headers={"X-Slack-Signature": "v0=1"}
+        )
+        assert (unsigned.status_code, garbage.status_code) == (401, 401)
+        for body, content_type in (
+            ("payload=%7Bnot-json", form),
+            ("payload=%5B1%2C2%5D", form),
+            ("nothing=here", form),
+            ("[1, 2]", "application/json"),
+            ("{not json", "application/json"),
+        ):
+            answer = await slack.post(body, content_type)
+            assert answer.status_code == 400, (body, answer.status_code, answer.text)
+            assert answer.json()["error"] == "malformed_body"
+        assert slack.calls == []
+
+
+async def test_a_form_this_bot_did_not_open_is_answered_in_the_form(tmp_path: Path) -> None:
+    async with FakeSlack() as slack, slack_bot(tmp_path, slack) as bot:
+        await slack.slash("character create")
+        view = await opened_view(slack)
+        for foreign in ("not json", "[1]", '{"channel": 5}', '{"files": [1]}'):
+            forged = {**view, "private_metadata": foreign}
+            answer = await slack.interact(slack.view_submission(forged, {"Name": "alice"}))
+            assert answer.status_code == 200
+            assert answer.json()["response_action"] == "errors"
+            assert "not opened by this bot" in answer.json()["errors"]["name"]
+        listed = await bot.app.core.dispatch(
+            CommandRequest(Actor("slack", slack.team, ANN), "character list", {})
+        )
+        assert listed.data["characters"] == []
+
+
+async def test_a_delivery_whose_outcome_was_lost_is_found_by_a_new_process(
+    tmp_path: Path,
+) -> None:
+    """Shared, then killed before the engine recorded it: the next process finds the share in
+    the thread (by the file named for the job) and does not share it again."""
+    async with FakeSlack() as slack:
+        async with slack_bot(tmp_path, slack) as bot:
+            await bot.character("alice")
+            await slack.slash("generate @alice waves duration=2")
+            [job] = await settled_jobs(bot, Actor("slack", slack.team, ANN))
+            assert job.state is JobState.DELIVERED
+        async with slack_bot(tmp_path, slack) as bot:
+            assert await bot.adapter.find_delivery(job)
+            assert not await bot.adapter.find_delivery(dataclasses.replace(job, id="jnever"))
+            # A job with no status message was delivered to the channel itself.
+            unthreaded = dataclasses.replace(
+                job,
+                destination=dataclasses.replace(
+                    job.destination, thread_id=None, status_message_id=None
+                ),
+            )
+            assert not await bot.adapter.find_delivery(unthreaded)
+            video = tmp_path / "again.mp4"
+            video.write_bytes(b"\x00\x00\x00\x18ftypmp42")
+            await bot.adapter.deliver_video(unthreaded, video, "again")
+        async with slack_bot(tmp_path, slack) as bot:
+            assert await bot.adapter.find_delivery(unthreaded)
+            gone = dataclasses.replace(
+                job, destination=dataclasses.replace(job.destination, thread_id="1.000001")
+            )
+            assert not await bot.adapter.find_delivery(gone)
+        assert slack.called("conversations.replies") and slack.called("conversations.history")
 
 
 async def test_workspace_owners_and_the_admin_group_are_admins(tmp_path: Path) -> None:

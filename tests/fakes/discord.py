@@ -203,7 +203,9 @@ class FakeDiscord(LoopbackServer):
     def __init__(self, *, premium_tier: int = 0) -> None:
         super().__init__()
         self.premium_tier = premium_tier
-        self._ids = itertools.count(1_400_000_000_000_000_000 + (time.time_ns() % 10**9))
+        # Snowflakes carry their creation time, as Discord's do (reading "messages after a
+        # moment" depends on it).
+        self._ids = itertools.count(discord.utils.time_snowflake(discord.utils.utcnow()))
         self.app_id = self.snowflake()
         self.bot = User(self.snowflake(), "r2v")
         self.guild_id = self.snowflake()
@@ -217,6 +219,10 @@ class FakeDiscord(LoopbackServer):
         self.commands: dict[str, list[dict[str, Any]]] = {}
         self.cdn_files: dict[str, bytes] = {}
         self._nonces: dict[tuple[int, str], int] = {}
+        #: Channels where the bot lacks a permission: posting there answers 403 (50013).
+        self.forbidden: set[int] = set()
+        #: Direct-message channels by user id.
+        self.dms: dict[int, int] = {}
         self._seq = itertools.count(1)
 
     def snowflake(self) -> int:
@@ -236,6 +242,8 @@ class FakeDiscord(LoopbackServer):
             ("GET", "/channels/{channel}", self._channel),
             ("POST", "/channels/{channel}/threads", self._thread),
             ("POST", "/channels/{channel}/messages", self._create_message),
+            ("GET", "/channels/{channel}/messages", self._list_messages),
+            ("POST", "/users/@me/channels", self._open_dm),
             ("PATCH", "/channels/{channel}/messages/{message}", self._edit_message),
             ("DELETE", "/channels/{channel}/messages/{message}", self._delete_message),
             ("POST", "/interactions/{id}/{token}/callback", self._callback),
@@ -304,6 +312,12 @@ class FakeDiscord(LoopbackServer):
         message = self._message(channel_id, content, author=author.payload())
         message["attachments"] = attachments
         return message
+
+    def delete_channel(self, channel_id: int) -> None:
+        """A channel or thread someone deleted, with its messages."""
+        del self.channels[channel_id]
+        for message_id in [int(m["id"]) for m in self.in_channel(channel_id)]:
+            del self.messages[message_id]
 
     def in_channel(self, channel_id: int) -> list[dict[str, Any]]:
         return [m for m in self.messages.values() if m["channel_id"] == str(channel_id)]
@@ -696,6 +710,8 @@ class FakeDiscord(LoopbackServer):
         channel_id = int(request.match_info["channel"])
         if channel_id not in self.channels:
             return _json({"message": "Unknown Channel", "code": 10003}, status=404)
+        if channel_id in self.forbidden:
+            return _json({"message": "Missing Permissions", "code": 50013}, status=403)
         recorded: Request = request[RECORDED]
         body: dict[str, Any] = recorded.body or {}
         nonce = body.get("nonce")
@@ -715,6 +731,46 @@ class FakeDiscord(LoopbackServer):
             attachment = self.attachment(data=data, filename=filename, channel_id=channel_id)
             message["attachments"].append(attachment)
         return _json(message)
+
+    async def _list_messages(self, request: web.Request) -> web.StreamResponse:
+        """Get Channel Messages: ``limit`` (1–100, default 50) around, before or after a
+        message id; newest first whichever is asked, as Discord answers."""
+        channel_id = int(request.match_info["channel"])
+        if channel_id not in self.channels:
+            return _json({"message": "Unknown Channel", "code": 10003}, status=404)
+        if channel_id in self.forbidden:
+            return _json({"message": "Missing Access", "code": 50001}, status=403)
+        query = request.query
+        limit = int(query.get("limit", "50"))
+        if not 1 <= limit <= 100:
+            return _json({"message": "Invalid Form Body", "code": 50035}, status=400)
+        ids = sorted(int(m["id"]) for m in self.in_channel(channel_id))
+        if "after" in query:
+            chosen = [i for i in ids if i > int(query["after"])][:limit]
+        elif "before" in query:
+            chosen = [i for i in ids if i < int(query["before"])][-limit:]
+        elif "around" in query:
+            middle = int(query["around"])
+            older = [i for i in ids if i < middle][-(limit // 2) :]
+            chosen = older + [i for i in ids if i >= middle][: limit - len(older)]
+        else:
+            chosen = ids[-limit:]
+        return _json([self.messages[i] for i in reversed(chosen)])
+
+    async def _open_dm(self, request: web.Request) -> web.StreamResponse:
+        """Create DM: the same channel every time for one recipient."""
+        recipient = int(request[RECORDED].body["recipient_id"])
+        channel_id = self.dms.get(recipient)
+        if channel_id is None:
+            channel_id = self.dms[recipient] = self.snowflake()
+            self.channels[channel_id] = {
+                "id": str(channel_id),
+                "type": 1,
+                "last_message_id": None,
+                "flags": 0,
+                "recipients": [User(recipient, "someone").payload()],
+            }
+        return _json(self.channels[channel_id])
 
     async def _edit_message(self, request: web.Request) -> web.StreamResponse:
         message = self.messages.get(int(request.match_info["message"]))

@@ -52,6 +52,23 @@ class Message:
     text: str
     thread_ts: str | None = None
     edits: list[str] = field(default_factory=list)
+    files: list[dict[str, Any]] = field(default_factory=list)
+
+    def payload(self) -> dict[str, Any]:
+        """The message as conversations.history and conversations.replies show it."""
+        shown: dict[str, Any] = {
+            "type": "message",
+            "user": "U0BOT",
+            "bot_id": "B0BOT",
+            "ts": self.ts,
+            "text": self.text,
+        }
+        if self.thread_ts is not None:
+            shown["thread_ts"] = self.thread_ts
+        if self.files:
+            shown["files"] = self.files
+            shown["upload"] = True
+        return shown
 
 
 @dataclass
@@ -426,6 +443,27 @@ class FakeSlack(LoopbackServer):
         user = {"id": user_id, "team_id": self.team, "is_admin": False, "is_owner": False}
         return {"ok": True, "user": {**user, **self.users.get(user_id, {})}}
 
+    def _users_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        """users.list: the members in ``users`` (``name`` and ``display_name`` as given)."""
+        members = [
+            {
+                "id": user_id,
+                "team_id": self.team,
+                "name": info.get("name", user_id.lower()),
+                "real_name": info.get("real_name", ""),
+                "profile": {"display_name": info.get("display_name", "")},
+            }
+            for user_id, info in self.users.items()
+        ]
+        limit = int(args.get("limit") or 100)
+        start = int(args.get("cursor") or 0)
+        more = start + limit < len(members)
+        return {
+            "ok": True,
+            "members": members[start : start + limit],
+            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+        }
+
     def _usergroups_list(self, args: dict[str, Any]) -> dict[str, Any]:
         groups = [{"id": g["id"], "handle": g["handle"]} for g in self.usergroups]
         return {"ok": True, "usergroups": groups}
@@ -459,7 +497,53 @@ class FakeSlack(LoopbackServer):
             upload.thread_ts = args.get("thread_ts")
             upload.comment = args.get("initial_comment")
             done.append({"id": upload.file_id, "title": item.get("title") or upload.filename})
+        channel = args.get("channel_id")
+        if channel:
+            # Sharing posts a message carrying the files, as Slack does (a moment later there).
+            ts = self._ts()
+            shared = [{**f, "name": self.uploads[f["id"]].filename} for f in done]
+            comment = str(args.get("initial_comment") or "")
+            self.messages[ts] = Message(
+                str(channel), ts, comment, args.get("thread_ts"), files=shared
+            )
         return {"ok": True, "files": done}
+
+    def _page(self, messages: list[Message], args: dict[str, Any]) -> dict[str, Any]:
+        """One page of ``messages`` by ``limit`` and ``cursor`` (an offset, opaque to callers)."""
+        limit = int(args.get("limit") or 100)
+        start = int(args.get("cursor") or 0)
+        chosen = messages[start : start + limit]
+        more = start + limit < len(messages)
+        return {
+            "ok": True,
+            "messages": [m.payload() for m in chosen],
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+        }
+
+    def _history(self, args: dict[str, Any]) -> dict[str, Any]:
+        """conversations.history: the channel's top-level messages, newest first."""
+        channel = str(args.get("channel", ""))
+        if channel in self.outside:
+            return {"ok": False, "error": "not_in_channel"}
+        oldest = float(args.get("oldest") or 0)
+        found = [
+            m
+            for m in self.messages.values()
+            if m.channel == channel and m.thread_ts in (None, m.ts) and float(m.ts) > oldest
+        ]
+        return self._page(sorted(found, key=lambda m: float(m.ts), reverse=True), args)
+
+    def _replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        """conversations.replies: a thread's parent, then its replies, oldest first."""
+        channel, ts = str(args.get("channel", "")), str(args.get("ts", ""))
+        if channel in self.outside:
+            return {"ok": False, "error": "not_in_channel"}
+        parent = self.messages.get(ts)
+        if parent is None or parent.channel != channel:
+            return {"ok": False, "error": "thread_not_found"}
+        replies = [m for m in self.messages.values() if m.channel == channel and m.thread_ts == ts]
+        return self._page([parent, *sorted(replies, key=lambda m: float(m.ts))], args)
 
     def _connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": "ws" + self.url.removeprefix("http") + "/link"}
@@ -499,10 +583,13 @@ _METHODS: dict[str, Callable[[FakeSlack, dict[str, Any]], dict[str, Any]]] = {
     "chat.postEphemeral": FakeSlack._post_ephemeral,
     "views.open": FakeSlack._views_open,
     "users.info": FakeSlack._users_info,
+    "users.list": FakeSlack._users_list,
     "usergroups.list": FakeSlack._usergroups_list,
     "usergroups.users.list": FakeSlack._usergroup_users,
     "files.info": FakeSlack._files_info,
     "files.getUploadURLExternal": FakeSlack._upload_url,
     "files.completeUploadExternal": FakeSlack._complete_upload,
+    "conversations.history": FakeSlack._history,
+    "conversations.replies": FakeSlack._replies,
     "apps.connections.open": FakeSlack._connections_open,
 }

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from bot.commands import render_refs
 from bot.models import Job, Reply
 from bot.ports import PostedStatus
 
@@ -25,6 +26,10 @@ class ConsoleOutput:
         self._json = as_json
 
     def emit(self, event: dict[str, Any]) -> None:
+        """Write one post; command references in its text are written as the console's own
+        lines spell them (which is the catalog's canonical spelling)."""
+        if isinstance(event.get("text"), str):
+            event = {**event, "text": render_refs(event["text"])}
         line = json.dumps(event, ensure_ascii=False) if self._json else _plain(event)
         self._stream.write(line + "\n")
         self._stream.flush()

@@ -24,10 +24,10 @@ from aiohttp import web
 from adapters.chat.discord.client import REFUSED_TOKEN, R2VClient, point_at, restore
 from adapters.chat.discord.commands import CommandSet
 from adapters.chat.discord.context import PLATFORM, fit_content
-from adapters.chat.discord.delivery import Delivery, LinkFor
+from adapters.chat.discord.delivery import Delivery, LinkFor, unreachable
 from adapters.chat.discord.interactions import Interactions
 from bot.core import Core
-from bot.errors import ConfigurationError
+from bot.errors import ConfigurationError, Refusal
 from bot.models import Actor, Job
 from bot.ports import PostedStatus
 from bot.settings import Settings
@@ -76,7 +76,7 @@ class DiscordAdapter:
         )
         self._commands = CommandSet()
         self._max_upload = max_upload_bytes
-        self._client = R2VClient()
+        self._client = R2VClient(settings.discord_shard_plan)
         self._delivery = Delivery(
             self._client,
             settings.data_dir / "tmp",
@@ -102,7 +102,11 @@ class DiscordAdapter:
         self._core = core
         self._previous_base = point_at(self._settings.discord_api_base)
         self._client.r2v_actions = Interactions(
-            core, self._commands, self._downloads, max_upload_bytes=self._max_upload
+            core,
+            self._commands,
+            self._downloads,
+            file_hosts=self._settings.discord_file_host_names,
+            max_upload_bytes=self._max_upload,
         )
         self._started = True
         try:
@@ -157,10 +161,16 @@ class DiscordAdapter:
         if d.thread_id is None and await self._in_generation_channel(job):
             thread = await self._open_thread(job)
             if thread is not None:
-                message = await thread.send(fit_content(text))
-                return PostedStatus(str(message.id), str(thread.id))
-        channel = self._client.get_partial_messageable(int(d.thread_id or d.channel_id))
-        message = await channel.send(fit_content(text))
+                with contextlib.suppress(discord.Forbidden):
+                    message = await thread.send(fit_content(text))
+                    return PostedStatus(str(message.id), str(thread.id))
+        place = d.thread_id or d.channel_id
+        try:
+            message = await self._client.get_partial_messageable(int(place)).send(fit_content(text))
+        except discord.HTTPException as exc:
+            if not unreachable(exc):
+                raise
+            raise missing_permissions(place, thread=d.thread_id is not None) from exc
         return PostedStatus(str(message.id), d.thread_id)
 
     async def edit_status(self, job: Job, text: str) -> None:
@@ -176,8 +186,8 @@ class DiscordAdapter:
         await self._delivery.deliver(job, video, text)
 
     async def find_delivery(self, job: Job) -> bool:
-        # TODO(issue 12.4): look for the job's nonce/marker in the thread.
-        return False
+        await self._ready.wait()
+        return await self._delivery.find_delivery(job)
 
     async def _in_generation_channel(self, job: Job) -> bool:
         assert self._core is not None
@@ -209,6 +219,21 @@ def _gateway_ended(task: asyncio.Task[None]) -> None:
     unseen (a revoked token, intents the portal does not grant)."""
     if not task.cancelled() and (error := task.exception()) is not None:
         log.error("the Discord gateway connection ended: %s", error, exc_info=error)
+
+
+#: What the bot needs where it posts; Discord's 403 does not say which one is missing.
+_POSTING = ("View Channel", "Send Messages", "Embed Links", "Attach Files")
+_IN_THREADS = ("Send Messages in Threads",)
+
+
+def missing_permissions(place: str, *, thread: bool) -> Refusal:
+    """The refusal for a place the bot may not post in, naming it and what the bot needs."""
+    needed = ", ".join((*_POSTING, *(_IN_THREADS if thread else ())))
+    return Refusal(
+        f"The bot may not post in <#{place}>, so it cannot run a job there. A server admin can "
+        f"give the bot these permissions in that channel: {needed}.",
+        code="missing_permissions",
+    )
 
 
 def thread_name(job: Job) -> str:

@@ -74,8 +74,15 @@ async def fetch_application_id(settings: Settings) -> int:
 
 
 class R2VClient(discord.AutoShardedClient):
-    def __init__(self) -> None:
+    """``shards``: ``(shard ids, shard count)`` this process runs (``R2V_DISCORD_SHARDS``), so
+    several processes share one bot's guilds; ``None`` runs them all here."""
+
+    def __init__(self, shards: tuple[list[int], int] | None = None) -> None:
+        # discord.py's stubs say a list, but it reads None as "every shard".
+        ids, count = shards if shards is not None else (None, None)
         super().__init__(
+            shard_ids=ids,  # type: ignore[arg-type]
+            shard_count=count,
             intents=discord.Intents(guilds=True),
             # Status messages repeat prompts, which may say @everyone: nothing pings unless a
             # send allows it (a delivered video pings its owner).

@@ -28,6 +28,8 @@ DEFAULT_ROOT_SUBCOMMAND: Final = "show"
 _GUILD_CONTEXT: Final = [0]
 _GUILD_INSTALL: Final = [0]
 _DESCRIPTION_MAX: Final = 100
+#: Discord offers at most this many choices for an option.
+MAX_CHOICES: Final = 25
 #: Admin-only commands are shown to those who may Manage Server (the core checks again). An
 #: integer, as Discord's OpenAPI description has it (its prose and discord.py use a string).
 _ADMIN_PERMISSIONS: Final = discord.Permissions(manage_guild=True).value
@@ -41,6 +43,7 @@ _KINDS: Final[Mapping[OptionType, discord.AppCommandOptionType]] = {
     OptionType.BOOLEAN: discord.AppCommandOptionType.boolean,
     OptionType.ATTACHMENT: discord.AppCommandOptionType.attachment,
     OptionType.CHANNEL: discord.AppCommandOptionType.channel,
+    OptionType.USER: discord.AppCommandOptionType.user,
 }
 _NESTING: Final = frozenset(
     {
@@ -138,7 +141,7 @@ class CommandSet:
                 if resolved is None:
                     continue
                 value = Attachment.from_payload(resolved)
-            elif option.type is OptionType.CHANNEL:
+            elif option.type in (OptionType.CHANNEL, OptionType.USER):
                 value = str(value)
             values[name] = value
         return Invocation(command, values, focused)
@@ -210,10 +213,17 @@ def _option(option: Option) -> dict[str, Any]:
     if option.type is OptionType.CHANNEL:
         payload["channel_types"] = [discord.ChannelType.text.value]
     if option.type is OptionType.INTEGER:
-        if option.min_value is not None:
-            payload["min_value"] = option.min_value
-        if option.max_value is not None:
-            payload["max_value"] = option.max_value
+        low, high = option.min_value, option.max_value
+        if low is not None and high is not None and high - low < MAX_CHOICES:
+            # A short range is a list to pick from (``duration``: 2 s … 15 s), not a number
+            # to type and have refused.
+            unit = f" {option.help}" if option.help == "seconds" else ""
+            payload["choices"] = [{"name": f"{n}{unit}", "value": n} for n in range(low, high + 1)]
+        else:
+            if low is not None:
+                payload["min_value"] = low
+            if high is not None:
+                payload["max_value"] = high
     if option.max_length is not None and _KINDS[option.type] is discord.AppCommandOptionType.string:
         payload["max_length"] = option.max_length
     return payload

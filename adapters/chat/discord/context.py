@@ -11,6 +11,7 @@ from typing import Any, Final
 
 import discord
 
+from bot.commands import render_refs
 from bot.models import Actor, CommandRequest, Reply
 
 PLATFORM: Final = "discord"
@@ -62,8 +63,16 @@ def reply_content(reply: Reply, extra: str = "") -> str:
     return fit_content(text)
 
 
+def in_discords_words(text: str) -> str:
+    """The core's ``text`` with its command references as Discord spells them
+    (``/character list``) and the people it names as mentions (``<@123>``; they ping nobody:
+    the client allows no mentions unless a send says otherwise)."""
+    return render_refs(text, person=lambda user_id: f"<@{user_id}>")
+
+
 def fit_content(text: str) -> str:
-    """``text`` cut to what Discord accepts in one message."""
+    """``text`` in Discord's words, cut to what Discord accepts in one message."""
+    text = in_discords_words(text)
     if len(text) <= MAX_CONTENT:
         return text
     return text[: MAX_CONTENT - 1] + "…"

@@ -8,7 +8,7 @@ the bytes are counted while they stream, so a file that is larger than it said i
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -19,7 +19,7 @@ from bot.errors import Refusal
 from bot.media import DEFAULT_LIMITS, describe_amount
 from bot.models import IncomingFile
 
-#: The only hosts attachments are downloaded from.
+#: The only hosts attachments are downloaded from, unless ``R2V_DISCORD_FILE_HOSTS`` says others.
 CDN_HOSTS: Final = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
 CHUNK: Final = 64 * 1024
 #: No file larger than the largest accepted medium is fetched at all.
@@ -46,8 +46,8 @@ class Attachment:
         )
 
 
-def check_url(url: str, filename: str) -> None:
-    """Refuse a URL that is not https on one of ``CDN_HOSTS`` (no port, no user name)."""
+def check_url(url: str, filename: str, hosts: Collection[str] = CDN_HOSTS) -> None:
+    """Refuse a URL that is not https on one of ``hosts`` (no port, no user name)."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -56,7 +56,7 @@ def check_url(url: str, filename: str) -> None:
     trusted = (
         parts is not None
         and parts.scheme == "https"
-        and (parts.hostname or "") in CDN_HOSTS
+        and (parts.hostname or "") in hosts
         and port in (None, 443)
         and not parts.username
         and not parts.password
@@ -64,14 +64,18 @@ def check_url(url: str, filename: str) -> None:
     if not trusted:
         raise Refusal(
             f"{filename} is not a file uploaded to Discord (only https links on "
-            f"{' or '.join(sorted(CDN_HOSTS))} are fetched), so it was not downloaded. "
+            f"{' or '.join(sorted(hosts))} are fetched), so it was not downloaded. "
             "Attach the file itself to the command.",
             code="untrusted_attachment",
         )
 
 
 def attachment_file(
-    client: httpx.AsyncClient, attachment: Attachment, *, max_bytes: int = MAX_BYTES
+    client: httpx.AsyncClient,
+    attachment: Attachment,
+    *,
+    max_bytes: int = MAX_BYTES,
+    hosts: Collection[str] = CDN_HOSTS,
 ) -> IncomingFile:
     """An ``IncomingFile`` that streams ``attachment`` from Discord's CDN when it is read.
 
@@ -79,7 +83,7 @@ def attachment_file(
     reading raises ``Refusal`` when the download fails or brings more bytes than allowed.
     """
     name = attachment.filename
-    check_url(attachment.url, name)
+    check_url(attachment.url, name, hosts)
     declared = attachment.size
     if declared is not None and declared > max_bytes:
         raise _too_large(name, describe_amount(declared), max_bytes)

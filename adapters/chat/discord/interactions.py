@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from typing import Any, Final
 
 import discord
@@ -21,7 +21,7 @@ from discord.utils import DEFAULT_FILE_SIZE_LIMIT_BYTES
 from adapters.chat.base import file_or_link
 from adapters.chat.discord.commands import SAVE_AS_CHARACTER, CommandSet, Invocation
 from adapters.chat.discord.context import actor_of, place_of, reply_content, request_of
-from adapters.chat.discord.files import Attachment, attachment_file
+from adapters.chat.discord.files import CDN_HOSTS, Attachment, attachment_file
 from adapters.chat.discord.views import TEXT_INPUT_MAX, CharacterForm, EditPromptForm
 from bot.commands import OptionType
 from bot.core import Core
@@ -50,11 +50,13 @@ class Interactions:
         downloads: httpx.AsyncClient,
         *,
         max_upload_bytes: int | None = None,
+        file_hosts: Collection[str] = CDN_HOSTS,
     ) -> None:
         self._core = core
         self._commands = commands
         self._downloads = downloads
         self._max_upload = max_upload_bytes
+        self._file_hosts = file_hosts
 
     async def handle(self, interaction: discord.Interaction[Any]) -> None:
         """Answer an application command or autocomplete (buttons and forms reach the views)."""
@@ -112,7 +114,7 @@ class Interactions:
         }
 
     def _file(self, attachment: Attachment) -> IncomingFile:
-        return attachment_file(self._downloads, attachment)
+        return attachment_file(self._downloads, attachment, hosts=self._file_hosts)
 
     async def _autocomplete(self, interaction: discord.Interaction[Any]) -> None:
         invocation = self._commands.read(interaction.data or {})

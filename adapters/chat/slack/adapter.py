@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Collection, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
@@ -32,15 +34,18 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
 )
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.chat.base import file_or_link
 from adapters.chat.slack import modal, syntax
 from adapters.chat.slack.admins import AdminDirectory
-from adapters.chat.slack.files import SLACK_FILE_ORIGINS, SlackFiles
+from adapters.chat.slack.files import SlackFiles
 from adapters.chat.slack.manifest import SAVE_SHORTCUT, SLASH_COMMAND
 from adapters.chat.slack.mrkdwn import escape, mention, reply_text
+from adapters.chat.slack.people import member_id
 from adapters.chat.slack.upload import upload_file
+from bot.commands import OptionType
 from bot.core import Core
 from bot.errors import ConfigurationError, R2VError, Refusal
 from bot.models import Actor, CommandRequest, IncomingFile, Job, JobState, Reply
@@ -53,6 +58,11 @@ EVENTS_PATH = "/slack/events"
 DEFAULT_API_BASE = "https://slack.com/api/"
 #: chat.postMessage errors meaning the bot cannot post in that channel at all.
 _CANNOT_POST = frozenset({"not_in_channel", "channel_not_found", "is_archived"})
+#: conversations.* errors meaning there is nothing left to look in.
+_GONE = frozenset({"thread_not_found", "channel_not_found", "message_not_found"})
+#: ``find_delivery`` reads at most this many pages of this many messages.
+_SCAN_PAGES, _PAGE = 5, 200
+_CLOCK_SLACK_SECONDS = 60.0
 
 
 class SlackAdapter:
@@ -64,11 +74,11 @@ class SlackAdapter:
         self,
         settings: Settings,
         *,
-        file_origins: Collection[str] = SLACK_FILE_ORIGINS,
+        file_origins: Collection[str] | None = None,
         admin_cache_seconds: float = 300.0,
     ) -> None:
-        """``file_origins``: where files may be downloaded from with the bot token; only
-        tests, pointing at their loopback fake, should pass anything but the default."""
+        """``file_origins``: where files may be downloaded from with the bot token;
+        ``R2V_SLACK_FILE_HOSTS`` when not given."""
         if settings.slack_bot_token is None:
             raise ConfigurationError(
                 "SLACK_BOT_TOKEN is not set: give the bot token (xoxb-…) from the Slack app's "
@@ -92,12 +102,14 @@ class SlackAdapter:
                 AsyncRateLimitErrorRetryHandler(max_retry_count=2),
             ],
         )
-        self._files = SlackFiles(token, origins=file_origins)
+        origins = settings.slack_file_origins if file_origins is None else file_origins
+        self._files = SlackFiles(token, origins=origins)
         self._admins = AdminDirectory(
             self.client, group=settings.slack_admin_group, ttl=admin_cache_seconds
         )
         # process_before_response: the listeners below only acknowledge, so Slack gets its
         # answer as soon as they return, in HTTP and Socket Mode alike.
+        self._verifier = SignatureVerifier(secret.get_secret_value()) if secret else None
         self._bolt = AsyncApp(
             name="r2v",
             client=self.client,
@@ -146,8 +158,21 @@ class SlackAdapter:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _events(self, request: web.Request) -> web.Response:
+        """Check the signature on the raw bytes before anything reads them (401), then the
+        body's shape (400); only a signed, well-formed request reaches Bolt. No state of this
+        process is needed to answer, so any instance answers any request."""
         if self._core is None or self._closing:
             return web.json_response({"error": "the bot is starting or stopping"}, status=503)
+        body = await request.read()
+        if self._verifier is None or not self._verifier.is_valid(
+            body=body,
+            timestamp=request.headers.get("X-Slack-Request-Timestamp"),
+            signature=request.headers.get("X-Slack-Signature"),
+        ):
+            return web.json_response({"error": "invalid_signature"}, status=401)
+        problem = malformed(body, request.content_type)
+        if problem is not None:
+            return web.json_response({"error": "malformed_body", "detail": problem}, status=400)
         answer = await self._bolt.async_dispatch(await to_bolt_request(request))
         return await to_aiohttp_response(answer)
 
@@ -205,10 +230,14 @@ class SlackAdapter:
                 topic = command.values.get("command")
                 reply = Reply(syntax.help_text(topic, is_admin=actor.is_admin))
             else:
+                options = dict(command.values)
+                for option in command.command.options:
+                    if option.type is OptionType.USER and options.get(option.name):
+                        options[option.name] = await member_id(self.client, options[option.name])
                 request = CommandRequest(
                     actor=actor,
                     command=command.name,
-                    options=dict(command.values),
+                    options=options,
                     channel_id=channel,
                 )
                 reply = await self._started().dispatch(request)
@@ -263,6 +292,9 @@ class SlackAdapter:
 
     async def _on_form(self, ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
         context = modal.FormContext.load(view.get("private_metadata"))
+        if context is None:
+            await ack(response_action="errors", errors={modal.NAME: modal.STALE_FORM})
+            return
         form = modal.read_form(view)
         errors = modal.form_errors(form, context)
         if errors:
@@ -372,7 +404,38 @@ class SlackAdapter:
             )
 
     async def find_delivery(self, job: Job) -> bool:
-        # TODO(issue 12.4): look for the job's message metadata with conversations.replies.
+        """Whether the job's video was already shared: a message in its thread (or, without
+        one, in its channel since the job was made) carrying a file named for the job.
+
+        ``files.completeUploadExternal`` takes no message metadata, so the file's name is the
+        marker. A thread or channel that is gone holds nothing: answers False.
+        """
+        name = video_name(job)
+        channel, thread = job.destination.channel_id, _thread(job)
+        cursor: str | None = None
+        for _ in range(_SCAN_PAGES):
+            try:
+                if thread is not None:
+                    page = await self.client.conversations_replies(
+                        channel=channel, ts=thread, limit=_PAGE, cursor=cursor
+                    )
+                else:
+                    page = await self.client.conversations_history(
+                        channel=channel,
+                        oldest=f"{max(job.created_at - _CLOCK_SLACK_SECONDS, 0):.6f}",
+                        limit=_PAGE,
+                        cursor=cursor,
+                    )
+            except SlackApiError as exc:
+                if exc.response.get("error") in _GONE:
+                    return False
+                raise
+            for message in page.get("messages") or []:
+                if any(f.get("name") == name for f in message.get("files") or []):
+                    return True
+            cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
+            if cursor is None:
+                return False
         return False
 
     async def deliver_video(self, job: Job, video: Path, text: str) -> None:
@@ -381,7 +444,7 @@ class SlackAdapter:
             video,
             channel=job.destination.channel_id,
             thread_ts=_thread(job),
-            filename=f"{job.id}.mp4",
+            filename=video_name(job),
             title=f"r2v {job.id}",
             comment=f"{mention(job.user_id)} {escape(text)}",
         )
@@ -392,6 +455,36 @@ class SlackAdapter:
         owner = Actor(self.platform, job.destination.server_id, job.user_id)
         with contextlib.suppress(R2VError):
             await self._core.engine.cancel(owner, job.id)
+
+
+def video_name(job: Job) -> str:
+    """The shared video's file name: the job's marker ``find_delivery`` looks for."""
+    return f"{job.id}.mp4"
+
+
+def malformed(body: bytes, content_type: str) -> str | None:
+    """What is wrong with a signed request's body, in the shapes Slack sends: a form
+    (slash commands), a form whose ``payload`` is a JSON object (interactions), or a JSON object
+    (events). ``None``: nothing."""
+    try:
+        text = body.decode("utf-8")
+        if content_type == "application/json":
+            if not isinstance(json.loads(text), dict):
+                return "the JSON body is not an object"
+            return None
+        form = parse_qs(text, keep_blank_values=True, strict_parsing=bool(text))
+    except ValueError as exc:
+        return f"the body cannot be read ({exc})"
+    if "payload" in form:
+        try:
+            payload = json.loads(form["payload"][0])
+        except ValueError:
+            return "payload is not JSON"
+        if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
+            return "payload is not an interaction"
+    elif "command" not in form:
+        return "neither a slash command nor an interaction"
+    return None
 
 
 def _status(job: Job, text: str) -> str:

@@ -18,6 +18,8 @@ SAVE_SHORTCUT = "r2v_save_character"
 #: What the bot does with each scope; nothing more is asked for.
 BOT_SCOPES: Mapping[str, str] = {
     "chat:write": "post status messages, edit them, post refusals only the user sees",
+    "channels:history": "look in a job's thread for its video before posting it again",
+    "groups:history": "the same in private channels",
     "commands": "the /r2v command and the Save as character shortcut",
     "files:read": "download the images, videos and voice clips people save as characters",
     "files:write": "upload the finished videos into their threads",

@@ -40,9 +40,21 @@ class FormContext:
         return json.dumps({"channel": self.channel_id, "files": list(self.file_ids)})
 
     @classmethod
-    def load(cls, text: str | None) -> FormContext:
-        data = json.loads(text or "{}")
-        return cls(str(data.get("channel", "")), tuple(str(f) for f in data.get("files", [])))
+    def load(cls, text: str | None) -> FormContext | None:
+        """The context ``dump`` wrote; ``None`` for anything else (a form this bot did not
+        open, or one from an older version)."""
+        try:
+            data = json.loads(text or "{}")
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        channel, files = data.get("channel", ""), data.get("files", [])
+        if not isinstance(channel, str) or not isinstance(files, list):
+            return None
+        if not all(isinstance(f, str) for f in files):
+            return None
+        return cls(channel, tuple(files))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +139,10 @@ def read_form(view: Mapping[str, Any]) -> CharacterForm:
         visibility=str(selected.get("value") or _option("visibility").default),
         files=tuple(element(FILES).get("files") or ()),
     )
+
+
+#: Shown under the name field when a form's context is not one this bot wrote.
+STALE_FORM = "This form was not opened by this bot, or is out of date; close it and start again."
 
 
 def form_errors(form: CharacterForm, context: FormContext) -> dict[str, str]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from adapters.chat.slack.syntax import render_ref
+from bot.commands import render_refs
 from bot.models import Reply
 
 _KEPT = re.compile(r"<(?:@[UW][A-Z0-9]+|#C[A-Z0-9]+)(?:\|[^<>]*)?>")
@@ -16,7 +18,9 @@ _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 
 
 def escape(text: str) -> str:
-    """``text`` safe to post: markup characters escaped, member and channel references kept."""
+    """``text`` safe to post: command references written as ``/r2v …``, markup characters
+    escaped, member and channel references kept."""
+    text = render_refs(text, render_ref, person=mention)
     pieces: list[str] = []
     start = 0
     for match in _KEPT.finditer(text):

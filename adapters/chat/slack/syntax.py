@@ -22,14 +22,20 @@ from dataclasses import dataclass
 
 from adapters.chat.slack.manifest import SLASH_COMMAND
 from bot import commands
-from bot.commands import Command, Option, OptionType
+from bot.commands import Command, CommandRef, Option, OptionType
 from bot.errors import Refusal
 
 #: Commands that open a form instead of reading options from text (files cannot be typed).
 FORM_COMMANDS = frozenset({"character create"})
 
 _TEXT_TYPES = frozenset(
-    {OptionType.STRING, OptionType.CHARACTER, OptionType.CHANNEL, OptionType.CHOICE}
+    {
+        OptionType.STRING,
+        OptionType.CHARACTER,
+        OptionType.CHANNEL,
+        OptionType.CHOICE,
+        OptionType.USER,
+    }
 )
 _WORD = re.compile(r"\S+")
 _OPTION = re.compile(
@@ -220,6 +226,21 @@ def usage(command: Command) -> str:
             continue
         parts.append(f"[{option.name}={_value_hint(option)}]")
     return " ".join(parts)
+
+
+def render_ref(found: CommandRef) -> str:
+    """A command named in the core's words, as it is typed here: ``/r2v character list
+    page=2``, positional options by value alone, no file options (a form takes those)."""
+    command = found.command
+    parts = [f"{SLASH_COMMAND} {command.name}"]
+    if command.name not in FORM_COMMANDS:
+        slots = positional(command)
+        for name, value in found.options:
+            option = command.option(name)
+            if option is None or option.type is OptionType.ATTACHMENT:
+                continue
+            parts.append(value if option in slots else f"{name}={value}")
+    return f"`{' '.join(parts)}`"
 
 
 def usage_line(command: Command) -> str:
