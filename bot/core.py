@@ -33,7 +33,15 @@ from bot.models import (
 )
 from bot.ports import BlobStore, Provider, ServerStore
 from bot.prompt_filter import PromptFilter
-from bot.quotas import ServerSettings, apply_changes, check_quota, day_start, resets_in
+from bot.quotas import (
+    Admission,
+    ServerSettings,
+    Usage,
+    apply_changes,
+    check_quota,
+    day_start,
+    resets_in,
+)
 from bot.roster import Roster, describe_items
 from bot.status import elapsed
 
@@ -276,8 +284,11 @@ class Core:
             raise _DryRun(_dry_run_reply(composition, route))
         spec = replace(composition.to_spec(), fallbacks=fallbacks)
         now = self._clock()
-        usage = await self.engine.usage(actor.server_key, day_start(now))
-        check_quota(server, usage, actor.user_id, estimate_cost(spec, provider.capabilities), now)
+        estimate = estimate_cost(spec, provider.capabilities)
+
+        def within_quota(usage: Usage) -> None:
+            check_quota(server, usage, actor.user_id, estimate, now)
+
         destination = Destination(
             platform=actor.platform,
             server_id=actor.server_id,
@@ -285,7 +296,14 @@ class Core:
             user_id=actor.user_id,
             thread_id=request.thread_id,
         )
-        job = await self.engine.create(actor, destination, spec, provider_name, note=route.moved)
+        job = await self.engine.create(
+            actor,
+            destination,
+            spec,
+            provider_name,
+            note=route.moved,
+            admit=Admission(day_start(now), within_quota),
+        )
         notes = "".join(f"\n{n}" for n in composition.notes)
         moved = f" ({route.moved})" if route.moved else ""
         return Reply(f"Queued job {job.id} on {provider_name}{moved}.{notes}", job_id=job.id)

@@ -64,7 +64,7 @@ from bot.ports import (
     TaskStatus,
     Wakeups,
 )
-from bot.quotas import Usage
+from bot.quotas import Admission, Usage
 from bot.status import delivery_text, status_text
 
 log = logging.getLogger(__name__)
@@ -359,6 +359,7 @@ class JobEngine:
         provider: str,
         *,
         note: str = "",
+        admit: Admission | None = None,
     ) -> Job:
         """Write the job (queued), post its status message, then let it run when allowed.
 
@@ -386,7 +387,7 @@ class JobEngine:
         )
         blobs = [r.blob for r in spec.references]
         blobs += [r.voice_blob for r in spec.references if r.voice_blob]
-        await self._store.create(job, blobs)
+        await self._store.create(job, blobs, admit=admit)
         position = await self._queue_position(job)
         try:
             posted = await self._chat(job).post_status(

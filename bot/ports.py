@@ -24,7 +24,7 @@ from bot.models import (
     OpenJob,
     Visibility,
 )
-from bot.quotas import ServerSettings, Usage
+from bot.quotas import Admission, ServerSettings, Usage
 
 
 class LabelStyle(enum.StrEnum):
@@ -359,8 +359,12 @@ class JobStore(Protocol):
     """Jobs and their leases. Writes given ``lease=`` (an instance id) are fenced: they raise
     ``LeaseLost`` and change nothing unless that instance still holds the job's lease."""
 
-    async def create(self, job: Job, blobs: Sequence[str]) -> None:
-        """Write a new job (state ``queued``) and the blobs it holds on to."""
+    async def create(
+        self, job: Job, blobs: Sequence[str], *, admit: Admission | None = None
+    ) -> None:
+        """Write a new job (state ``queued``) and the blobs it holds on to; with ``admit``, only
+        if its check passes on the usage counted in the same transaction (else it raises and
+        nothing is written)."""
         ...
 
     async def get(self, job_id: str) -> Job | None: ...

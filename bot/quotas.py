@@ -7,7 +7,7 @@ server's default provider (``/settings``). Days are UTC days; a refused job says
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -76,6 +76,16 @@ class Usage:
     @property
     def jobs(self) -> int:
         return sum(self.jobs_by_user.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The quota check a new job passes in the transaction that writes it, against the usage
+    counted there since ``since``: instances admitting jobs at once cannot both spend the last
+    of a budget. ``check`` raises the refusal."""
+
+    since: float
+    check: Callable[[Usage], None]
 
 
 def day_start(now: float) -> float:

@@ -26,7 +26,7 @@ from bot.models import (
     MediaKind,
     OpenJob,
 )
-from bot.quotas import Usage
+from bot.quotas import Admission, Usage
 from storage.sql import UNFINISHED_CONDITION, Row, SqlDatabase, Tx
 
 #: Job fields ``move`` and ``update`` may set, as named on ``Job``/``Destination`` and in the
@@ -239,6 +239,20 @@ def _assignments(values: Mapping[str, object]) -> str:
     return ", ".join(f"{column} = ?" for column in values)
 
 
+async def _usage(reader: Tx | SqlDatabase, server_id: str, since: float) -> Usage:
+    rows = await reader.fetchall(
+        "SELECT user_id, COUNT(*) AS jobs, COALESCE(SUM(cost_estimate), 0) AS spend"
+        " FROM jobs WHERE server_id = ? AND created_at >= ?"
+        " AND NOT (state IN ('failed', 'cancelled') AND task_id IS NULL)"
+        " GROUP BY user_id",
+        (server_id, since),
+    )
+    return Usage(
+        jobs_by_user={row["user_id"]: int(row["jobs"]) for row in rows},
+        spend_usd=round(sum(float(row["spend"]) for row in rows), 4),
+    )
+
+
 def _open_job(row: Row) -> OpenJob:
     return OpenJob(
         row["id"], row["server_id"], row["user_id"], JobState(row["state"]), row["platform"]
@@ -257,13 +271,21 @@ class SqlJobStore:
         self._db = db
         self._clock = clock
 
-    async def create(self, job: Job, blobs: Sequence[str]) -> None:
+    async def create(
+        self, job: Job, blobs: Sequence[str], *, admit: Admission | None = None
+    ) -> None:
         """Write a new ``queued`` job, its server (when new), its first event, and the blobs it
-        refers to (role ``reference``), in one transaction."""
+        refers to (role ``reference``), in one transaction.
+
+        ``admit`` (the quota check) runs inside that transaction on the usage counted there,
+        under the admission lock, so two instances cannot both take the last of a budget."""
         if job.state is not JobState.QUEUED:
             raise ValueError(f"a new job starts queued, not {job.state.value}")
         placeholders = ", ".join("?" for _ in _INSERT_COLUMNS)
         async with self._db.transaction() as tx:
+            if admit is not None:
+                await self._lock_admission(tx)
+                admit.check(await _usage(tx, job.server_id, admit.since))
             await tx.execute(
                 "INSERT INTO servers (id, platform, created_at) VALUES (?, ?, ?)"
                 " ON CONFLICT DO NOTHING",
@@ -379,8 +401,7 @@ class SqlJobStore:
         marks = ", ".join("?" for _ in platforms)
         async with self._db.transaction() as tx:
             now = self._clock()
-            if self._db.dialect == "postgresql":
-                await tx.execute("SELECT pg_advisory_xact_lock(?)", (ADMISSION_LOCK,))
+            await self._lock_admission(tx)
             counts = await tx.fetchall(
                 f"SELECT server_id, user_id, COUNT(*) AS n FROM jobs WHERE {_ACTIVE}"
                 " GROUP BY server_id, user_id",
@@ -501,17 +522,13 @@ class SqlJobStore:
     async def usage(self, server_id: str, since: float) -> Usage:
         """Jobs created since ``since`` and their estimated cost, leaving out jobs that ended
         before any provider took them (refused, or cancelled while waiting): nothing was spent."""
-        rows = await self._db.fetchall(
-            "SELECT user_id, COUNT(*) AS jobs, COALESCE(SUM(cost_estimate), 0) AS spend"
-            " FROM jobs WHERE server_id = ? AND created_at >= ?"
-            " AND NOT (state IN ('failed', 'cancelled') AND task_id IS NULL)"
-            " GROUP BY user_id",
-            (server_id, since),
-        )
-        return Usage(
-            jobs_by_user={row["user_id"]: int(row["jobs"]) for row in rows},
-            spend_usd=round(sum(float(row["spend"]) for row in rows), 4),
-        )
+        return await _usage(self._db, server_id, since)
+
+    async def _lock_admission(self, tx: Tx) -> None:
+        """Serialise admissions (counting, then writing) across instances. SQLite's
+        ``BEGIN IMMEDIATE`` already serialises every write transaction."""
+        if self._db.dialect == "postgresql":
+            await tx.execute("SELECT pg_advisory_xact_lock(?)", (ADMISSION_LOCK,))
 
     async def add_blob(self, job_id: str, blob: str, role: str) -> None:
         """Record that the job holds on to a blob (e.g. its ``result``); repeats are ignored."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import pytest
 
-from bot.errors import LeaseLost
+from bot.errors import LeaseLost, Refusal
 from bot.models import JobState
+from bot.quotas import Admission, Usage
 from storage.characters import SqlCharacterStore
 from storage.jobs import SqlJobStore
 from storage.sql import SqlDatabase
@@ -86,3 +88,29 @@ async def test_released_jobs_are_free_at_once_and_final_jobs_hold_no_lease(
     assert [j.id for j in (await claim(store, "b")).taken] == ["j1", "j2"]
     await store.move("j1", JobState.FAILED, lease="b", reason="x")
     assert await store.renew("b", 30.0) == {"j2"}
+
+
+async def test_the_quota_check_runs_on_what_the_database_counts_as_it_writes(
+    setup: tuple[SqlJobStore, Clock],
+) -> None:
+    store, _ = setup
+    seen: list[int] = []
+
+    def at_most_two(usage: Usage) -> None:
+        seen.append(usage.jobs)
+        if usage.jobs >= 2:
+            raise Refusal("two a day", code="quota_exceeded")
+
+    # Three admissions at once (as from three instances): the third sees the other two.
+    outcomes = await asyncio.gather(
+        *(
+            store.create(
+                make_job(f"j{n}", created=100.0 + n), [], admit=Admission(0.0, at_most_two)
+            )
+            for n in range(3)
+        ),
+        return_exceptions=True,
+    )
+    refused = [o for o in outcomes if isinstance(o, Refusal)]
+    assert len(refused) == 1 and sorted(seen) == [0, 1, 2]
+    assert len(await store.open_jobs()) == 2
