@@ -90,7 +90,10 @@ async def build(
             lock = DataFolderLock(settings.data_dir)
             lock.acquire()
             stack.callback(lock.release)
-        db = await open_database(settings.database_url, settings.data_dir)
+        instance_id = settings.instance_id or default_instance_id()
+        db = await open_database(
+            settings.database_url, settings.data_dir, application_name=f"r2v-bot {instance_id}"
+        )
         stack.push_async_callback(db.close)
         secret = shared_secret(settings, db.dialect)
         blobs = await stack.enter_async_context(open_blob_store(settings, db.blob_in_use))
@@ -123,7 +126,7 @@ async def build(
             chats,
             secret=secret,
             wakeups=db,
-            instance_id=settings.instance_id or default_instance_id(),
+            instance_id=instance_id,
             lease_seconds=settings.lease_seconds,
             limits=EngineLimits(
                 user_open_jobs=settings.user_open_jobs,

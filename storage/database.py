@@ -38,7 +38,12 @@ def sqlite_path(url: str | None, data_dir: Path) -> Path | None:
 
 
 async def open_database(
-    url: str | None, data_dir: Path, *, migrate: bool = True, schema: str | None = None
+    url: str | None,
+    data_dir: Path,
+    *,
+    migrate: bool = True,
+    schema: str | None = None,
+    application_name: str = "r2v-bot",
 ) -> SqlDatabase:
     """Open the database the settings name and (unless ``migrate`` is false) migrate it."""
     path = sqlite_path(url, data_dir)
@@ -46,7 +51,9 @@ async def open_database(
         assert url is not None
         from storage.postgres import PostgresDatabase
 
-        return await PostgresDatabase.open(url, schema=schema, migrate=migrate)
+        return await PostgresDatabase.open(
+            url, schema=schema, migrate=migrate, application_name=application_name
+        )
     from storage.db import Database
 
     if not migrate:

@@ -141,13 +141,17 @@ class PostgresDatabase:
         migrate: bool = True,
         min_size: int = 2,
         max_size: int = 10,
+        application_name: str = "r2v-bot",
     ) -> PostgresDatabase:
         """Connect, and (unless ``migrate`` is false) bring the schema up to date.
 
         ``schema``: a PostgreSQL schema to keep every table in (tests give each their own).
         """
         where = _where(dsn)
-        settings = {"search_path": schema} if schema else {}
+        # The name shows in pg_stat_activity: which instance holds which connection.
+        settings = {"application_name": application_name[:63]}
+        if schema:
+            settings["search_path"] = schema
         try:
             pool = await asyncpg.create_pool(
                 dsn,

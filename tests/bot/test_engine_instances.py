@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from bot.errors import Refusal, WebhookRejected
@@ -17,9 +19,11 @@ from bot.models import Job, JobState
 from bot.ports import TaskState
 from storage.blobs import FileBlobStore, FileBlobWriter
 from storage.jobs import SqlJobStore
+from storage.postgres import PostgresDatabase
 from tests.bot.test_jobs import FAST, TEST_SECRET, World, state_is
 from tests.fakes.scripted import GOOD_SIGNATURE, SIGNATURE_HEADER, RecordingChat
 from tests.harness import until
+from tests.postgres import drop_schema, new_schema, require_postgres
 
 SIGNED = {SIGNATURE_HEADER: GOOD_SIGNATURE}
 
@@ -143,3 +147,49 @@ async def test_a_draining_instance_takes_no_new_command(world: World) -> None:
     with pytest.raises(Refusal) as refused:
         await world.create(engine)
     assert refused.value.code == "shutting_down"
+
+
+async def test_a_lost_postgresql_connection_is_waited_out(world: World) -> None:
+    """Every connection of the pool is cut mid-job (a restarted server, a network cut): the
+    job keeps its state and finishes once the pool reconnects."""
+    name = "r2v-test-" + secrets.token_hex(4)
+    url = await require_postgres()
+    schema = await new_schema(url)
+    pg = await PostgresDatabase.open(url, schema=schema, application_name=name)
+    try:
+        store = SqlJobStore(pg)
+        engine = JobEngine(
+            store,
+            world.blobs,
+            {"scripted": world.provider},
+            {"console": world.chat},
+            secret=TEST_SECRET,
+            wakeups=pg,
+            limits=FAST,
+        )
+        world.engines.append(engine)
+        await engine.start()
+        job = await world.create(engine)
+
+        async def stored_state(state: JobState) -> bool:
+            found = await store.get(job.id)
+            return found is not None and found.state is state
+
+        await until(lambda: stored_state(JobState.SUBMITTED))
+        admin = await asyncpg.connect(url)
+        try:
+            cut = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = $1",
+                name,
+            )
+        finally:
+            await admin.close()
+        assert cut >= 1
+        world.provider.set("task-1", TaskState.SUCCEEDED)
+        await until(lambda: stored_state(JobState.DELIVERED), within=20.0)
+        assert len(world.chat.delivered) == 1
+    finally:
+        await engine.close()
+        await pg.close()
+        await drop_schema(url, schema)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 from bot.errors import ConfigurationError
 from bot.settings import load_settings
 from tests.e2e.console import CLEARED
+from tests.postgres import drop_schema, new_schema, require_postgres
 
 
 def r2v(
@@ -110,3 +112,40 @@ def test_a_second_process_on_one_sqlite_folder_refuses_to_start(tmp_path: Path) 
     finally:
         first.close_input()
         assert first.finish(timeout=60.0) == 0
+
+
+def test_db_status_and_migrate_on_sqlite(tmp_path: Path) -> None:
+    behind = r2v(tmp_path, "db", "status")
+    assert behind.returncode == 1, behind.stderr
+    assert "sqlite: schema version 0 of" in behind.stdout
+    migrated = r2v(tmp_path, "db", "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "schema version 0 ->" in migrated.stdout
+    current = r2v(tmp_path, "db", "status")
+    assert current.returncode == 0 and "up to date" in current.stdout
+
+
+async def test_db_migrate_on_postgresql_and_a_missing_secret_stops_the_start(
+    tmp_path: Path,
+) -> None:
+    url = await require_postgres()
+    schema = await new_schema(url)
+    try:
+        env = {"R2V_DATABASE_URL": f"{url}?search_path={schema}"}
+        migrated = await asyncio.to_thread(r2v, tmp_path, "db", "migrate", env=env)
+        assert migrated.returncode == 0, migrated.stderr
+        assert migrated.stdout.startswith("postgresql: schema version 0 ->")
+        status = await asyncio.to_thread(r2v, tmp_path, "db", "status", env=env)
+        assert status.returncode == 0 and "up to date" in status.stdout
+        started = await asyncio.to_thread(r2v, tmp_path, "console", "--json", env=env)
+        assert started.returncode == 2
+        assert "R2V_SECRET is not set" in started.stderr
+        assert "Traceback" not in started.stderr
+    finally:
+        await drop_schema(url, schema)
+
+
+def test_a_bad_database_url_is_one_line(tmp_path: Path) -> None:
+    result = r2v(tmp_path, "console", env={"R2V_DATABASE_URL": "mysql://nope"})
+    assert result.returncode == 2
+    assert "R2V_DATABASE_URL='mysql://nope' is not accepted" in result.stderr
