@@ -20,12 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import asyncpg
-
 from bench.common import BENCH_DATABASE_URL, Figure, Result, main, tiny_video
 from tests.e2e.console import Console
 from tests.fakes.replicate import FakeReplicate
 from tests.media_factory import make_image
+from tests.postgres import drop_schema, new_schema
 
 JOBS = 240
 LEASE = 5.0
@@ -69,24 +68,6 @@ class Run:
                 console.kill()
 
 
-async def new_schema() -> str:
-    schema = f"bench_{int(time.time() * 1000) % 10**9}"
-    conn = await asyncpg.connect(BENCH_DATABASE_URL)
-    try:
-        await conn.execute(f'CREATE SCHEMA "{schema}"')
-    finally:
-        await conn.close()
-    return schema
-
-
-async def drop_schema(schema: str) -> None:
-    conn = await asyncpg.connect(BENCH_DATABASE_URL)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
-
-
 def videos(consoles: list[Console]) -> set[str]:
     return {e["job"] for c in consoles for e in c.events if e.get("type") == "video"}
 
@@ -96,7 +77,7 @@ async def throughput(instances: int, postgres: bool, result: bytes) -> float:
     with tempfile.TemporaryDirectory(prefix="r2v-bench-") as name:
         workdir = Path(name)
         make_image(workdir / "alice.png")
-        schema = await new_schema() if postgres else None
+        schema = await new_schema(BENCH_DATABASE_URL) if postgres else None
         async with FakeReplicate(result, complete_after_polls=4, send_webhooks=False) as fake:
             run = Run(workdir, fake, schema)
             try:
@@ -124,7 +105,7 @@ async def throughput(instances: int, postgres: bool, result: bytes) -> float:
             finally:
                 run.stop()
                 if schema is not None:
-                    await drop_schema(schema)
+                    await drop_schema(BENCH_DATABASE_URL, schema)
 
 
 async def take_over(result: bytes) -> float:
@@ -132,7 +113,7 @@ async def take_over(result: bytes) -> float:
     with tempfile.TemporaryDirectory(prefix="r2v-bench-") as name:
         workdir = Path(name)
         make_image(workdir / "alice.png")
-        schema = await new_schema()
+        schema = await new_schema(BENCH_DATABASE_URL)
         async with FakeReplicate(result, complete_after_polls=6, send_webhooks=False) as fake:
             run = Run(workdir, fake, schema)
             try:
@@ -150,7 +131,7 @@ async def take_over(result: bytes) -> float:
                 return time.perf_counter() - killed
             finally:
                 run.stop()
-                await drop_schema(schema)
+                await drop_schema(BENCH_DATABASE_URL, schema)
 
 
 async def run() -> Result:

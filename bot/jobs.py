@@ -32,7 +32,7 @@ import logging
 import secrets
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ from bot.ports import (
 )
 from bot.quotas import Admission, Usage
 from bot.status import delivery_text, status_text
+from bot.wakeups import LocalWakeups
 
 log = logging.getLogger(__name__)
 
@@ -142,26 +143,6 @@ def webhook_token(secret: bytes, provider: str, job_id: str) -> str:
     every instance shares, so any instance checks it without the database."""
     mac = hmac.new(secret, f"{provider}/{job_id}".encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac[:24]).decode("ascii")
-
-
-class LocalWakeups:
-    """Wake-ups within one process: SQLite's one instance, and tests."""
-
-    def __init__(self) -> None:
-        self._listeners: set[asyncio.Queue[str]] = set()
-
-    async def notify(self, payload: str) -> None:
-        for queue in self._listeners:
-            queue.put_nowait(payload)
-
-    async def listen(self) -> AsyncIterator[str]:
-        queue: asyncio.Queue[str] = asyncio.Queue()
-        self._listeners.add(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._listeners.discard(queue)
 
 
 def new_job_id() -> str:

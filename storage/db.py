@@ -25,6 +25,7 @@ from pathlib import Path
 import aiosqlite
 
 from bot.errors import ConfigurationError, StorageUnavailable
+from bot.wakeups import LocalWakeups
 from storage.migrations import SQLITE_MIGRATIONS
 from storage.sql import BLOB_IN_USE_SQL, Outcome, Params, Row
 
@@ -143,7 +144,7 @@ class Database:
         self._conn = conn
         self._lock = asyncio.Lock()
         self.path = path
-        self._listeners: set[asyncio.Queue[str]] = set()
+        self._wakeups = LocalWakeups()
 
     @classmethod
     async def open(cls, path: Path, migrations: Sequence[str] | None = MIGRATIONS) -> Database:
@@ -268,14 +269,7 @@ class Database:
 
     async def notify(self, payload: str) -> None:
         """One process per SQLite database: a notification goes to this process's listeners."""
-        for queue in self._listeners:
-            queue.put_nowait(payload)
+        await self._wakeups.notify(payload)
 
-    async def listen(self) -> AsyncIterator[str]:
-        queue: asyncio.Queue[str] = asyncio.Queue()
-        self._listeners.add(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._listeners.discard(queue)
+    def listen(self) -> AsyncIterator[str]:
+        return self._wakeups.listen()

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from bot.errors import ConfigurationError, StorageUnavailable
+from bot.wakeups import LocalWakeups
 from storage.migrations import POSTGRES_MIGRATIONS
 from storage.sql import BLOB_IN_USE_SQL, Outcome, Params, Row
 
@@ -70,6 +71,9 @@ _TRANSIENT = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.DiskFullError,
+    # A connection whose server end was cut can be handed out once more in a broken state
+    # ("another operation is in progress"); the pool replaces it after this failure.
+    asyncpg.InternalClientError,
 )
 
 
@@ -126,7 +130,7 @@ class PostgresDatabase:
         self.dsn = dsn
         self.schema: str | None = None
         self.where = where
-        self._listeners: set[asyncio.Queue[str]] = set()
+        self._wakeups = LocalWakeups()
         self._listen_conn: asyncpg.Connection | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._server_settings: dict[str, str] = {}
@@ -273,20 +277,13 @@ class PostgresDatabase:
     async def notify(self, payload: str) -> None:
         await self.execute("SELECT pg_notify(?, ?)", (CHANNEL, payload))
 
-    async def listen(self) -> AsyncIterator[str]:
-        queue: asyncio.Queue[str] = asyncio.Queue()
-        self._listeners.add(queue)
+    def listen(self) -> AsyncIterator[str]:
         if self._listen_task is None:
             self._listen_task = asyncio.create_task(self._keep_listening(), name="pg-listen")
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._listeners.discard(queue)
+        return self._wakeups.listen()
 
     def _deliver(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        for queue in self._listeners:
-            queue.put_nowait(str(payload))
+        self._wakeups.publish(str(payload))
 
     async def _keep_listening(self) -> None:
         """One connection LISTENs for the process; when it is lost, reconnect with backoff and

@@ -13,7 +13,7 @@ import pytest
 from bot.errors import ProviderError, Refusal, WebhookRejected
 from bot.jobs import EngineLimits, JobEngine, UnknownJob
 from bot.models import Actor, Destination, Job, JobReference, JobSpec, JobState, MediaKind
-from bot.ports import LabelStyle, TaskState
+from bot.ports import BlobStore, JobStore, LabelStyle, TaskState
 from storage.blobs import FileBlobStore
 from storage.db import Database
 from storage.jobs import SqlJobStore
@@ -40,15 +40,26 @@ class World:
     reference: str
     engines: list[JobEngine]
 
-    def engine(self, limits: EngineLimits = FAST) -> JobEngine:
+    def engine(
+        self,
+        limits: EngineLimits = FAST,
+        *,
+        chat: RecordingChat | None = None,
+        blobs: BlobStore | None = None,
+        store: JobStore | None = None,
+        **options: Any,
+    ) -> JobEngine:
+        """An engine on this world (its store, blobs, provider and chat unless others are
+        given); ``options`` are the engine's (``instance_id``, ``wakeups``…)."""
         engine = JobEngine(
-            self.store,
-            self.blobs,
+            store or self.store,
+            blobs or self.blobs,
             {"scripted": self.provider},
-            {"console": self.chat},
+            {"console": chat or self.chat},
             secret=TEST_SECRET,
             limits=limits,
             webhook_base=lambda provider: "http://bot.test",
+            **options,
         )
         self.engines.append(engine)
         return engine
