@@ -49,6 +49,7 @@ from storage.blob_stores import open_blob_store
 from storage.characters import SqlCharacterStore
 from storage.database import DataFolderLock, migrations_for, open_database, sqlite_path
 from storage.jobs import SqlJobStore
+from storage.people import SqlPeopleStore
 from storage.s3 import S3BlobStore
 from storage.servers import SqlServerStore
 from storage.sql import SqlDatabase
@@ -164,10 +165,11 @@ async def build(
             return http.local_url if http is not None else None
 
         hours = settings.gallery_link_hours
+        people = SqlPeopleStore(db)
         gallery = gallery_links(links.signer, page_base, hours)
         exports = export_links(links.signer, page_base, hours)
         pages = gallery_routes(
-            Gallery(SqlCharacterStore(db), SqlJobStore(db)),
+            Gallery(SqlCharacterStore(db), SqlJobStore(db), display_names=people.names),
             gallery,
             blobs,
             Thumbnails(settings.data_dir / "thumbnails"),
@@ -219,6 +221,7 @@ async def build(
             gallery_link=gallery.url_for,
             export_link=exports.url_for,
             limits=limits,
+            people=people,
         )
         await engine.start()
         return App(settings, db, core, engine, http, providers, metrics, stack)
@@ -267,7 +270,12 @@ async def run_console(
     stopped_by_signal = False
     try:
         actor = Actor(
-            platform="console", server_id=server, user_id=user, is_admin=admin, display_name=user
+            platform="console",
+            server_id=server,
+            user_id=user,
+            is_admin=admin,
+            display_name=user,
+            name=user,
         )
         interactive = sys.stdin.isatty() and not as_json
         session = asyncio.create_task(

@@ -31,7 +31,7 @@ from bot.models import (
     Reply,
     Visibility,
 )
-from bot.ports import BlobStore, Provider, ServerStore
+from bot.ports import BlobStore, PeopleStore, Provider, ServerStore
 from bot.prompt_filter import PromptFilter
 from bot.quotas import (
     Admission,
@@ -73,6 +73,7 @@ class Core:
         archive: Archive | None = None,
         gallery_link: LinkFor | None = None,
         export_link: LinkFor | None = None,
+        people: PeopleStore | None = None,
     ) -> None:
         self.roster = roster
         self.engine = engine
@@ -88,6 +89,8 @@ class Core:
         self._archive = archive
         self._gallery_link = gallery_link
         self._export_link = export_link
+        self._people = people
+        self._names_seen: dict[tuple[str, str], str] = {}
         self._handlers: Mapping[str, Handler] = {
             "character create": self._character_create,
             "character add": self._character_add,
@@ -117,6 +120,7 @@ class Core:
                 f"There is no command /{request.command}. Try {commands.ref('help')}.",
                 code="unknown_command",
             )
+        await self._remember_name(request.actor)
         try:
             if command.admin_only and not request.actor.is_admin:
                 raise Refusal(f"/{command.name} is for server admins.", code="not_allowed")
@@ -130,6 +134,20 @@ class Core:
                 "Something went wrong on our side; the error was logged. Please try again.",
                 code="internal_error",
             )
+
+    async def _remember_name(self, actor: Actor) -> None:
+        """Record the name a command came with (once per name and process), so the gallery can
+        show owners by name; a failure here never stops the command."""
+        if self._people is None or not actor.name:
+            return
+        key = (actor.server_key, actor.user_id)
+        if self._names_seen.get(key) == actor.name:
+            return
+        try:
+            await self._people.remember(actor.server_key, actor.user_id, actor.name)
+            self._names_seen[key] = actor.name
+        except Exception as exc:
+            log.debug("could not record the name of %s: %s", actor.user_id, exc)
 
     # -- characters ------------------------------------------------------------------------
 

@@ -117,7 +117,11 @@ class Actor:
     server_id: str
     user_id: str
     is_admin: bool = False
+    #: How chat shows the person (on Slack a mention the client renders).
     display_name: str = ""
+    #: The person's name as a reader outside chat knows it (the gallery's owners), when the
+    #: platform gave one.
+    name: str = ""
 
     @property
     def server_key(self) -> str:

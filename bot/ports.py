@@ -445,6 +445,14 @@ class Wakeups(Protocol):
     def listen(self) -> AsyncIterator[str]: ...
 
 
+class PeopleStore(Protocol):
+    """People's names per server, for pages outside chat where an id means nothing."""
+
+    async def remember(self, server_id: str, user_id: str, display_name: str) -> None: ...
+
+    async def names(self, server_id: str, user_ids: Sequence[str]) -> Mapping[str, str]: ...
+
+
 class ServerStore(Protocol):
     async def settings(self, server_id: str) -> ServerSettings: ...
 

@@ -169,3 +169,18 @@ async def test_an_expired_link_answers_403(tmp_path: Path) -> None:
         async with httpx.AsyncClient() as client:
             answer = await client.get(stale)
         assert answer.status_code == 403 and "expired" in answer.text
+
+
+async def test_owners_are_shown_by_the_name_their_platform_gave(tmp_path: Path) -> None:
+    named = replace(USER, platform="discord", server_id="42", user_id="1001", name="Ada L.")
+    async with running_bot(tmp_path) as bot, httpx.AsyncClient() as client:
+        image = make_image(tmp_path / "ada.png", size=(300, 300))
+        reply = await bot.run("character create", actor=named, name="ada", image=image)
+        assert not reply.is_error, reply.text
+        page = (await client.get(await gallery_link(bot, named))).text
+        assert "Ada L." in page
+        # A later name wins: the page follows a rename on the platform.
+        renamed = replace(named, name="Ada Lovelace")
+        await bot.run("character list", actor=renamed)
+        page = (await client.get(await gallery_link(bot, renamed))).text
+        assert "Ada Lovelace" in page and "Ada L.<" not in page

@@ -13,6 +13,7 @@ from bot.errors import Refusal
 from bot.models import CharacterMedia, MediaInfo, MediaKind, Visibility
 from bot.ports import CharacterStore
 from storage.characters import SqlCharacterStore
+from storage.people import SqlPeopleStore
 from storage.sql import SqlDatabase
 
 SERVER = "discord:1"
@@ -239,3 +240,12 @@ async def test_ensure_server_is_idempotent_and_required(db: SqlDatabase) -> None
     await store.ensure_server("console:new", "console")
     await store.create("console:new", "alice", "u1", "", Visibility.PUBLIC, [])
     assert await store.count("console:new") == 1
+
+
+async def test_people_names_are_remembered_per_server_and_updated(db: SqlDatabase) -> None:
+    people = SqlPeopleStore(db)
+    await people.remember(SERVER, "u1", "Ada")
+    await people.remember(SERVER, "u1", "Ada Lovelace")
+    await people.remember("console:other", "u1", "Someone else")
+    assert await people.names(SERVER, ["u1", "u2", "u1"]) == {"u1": "Ada Lovelace"}
+    assert await people.names(SERVER, []) == {}

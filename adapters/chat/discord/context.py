@@ -27,6 +27,7 @@ def actor_of(interaction: discord.Interaction[Any]) -> Actor:
         user_id=str(interaction.user.id),
         is_admin=interaction.permissions.manage_guild,
         display_name=interaction.user.display_name,
+        name=interaction.user.display_name,
     )
 
 

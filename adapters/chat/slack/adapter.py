@@ -197,6 +197,7 @@ class SlackAdapter:
             user_id=user_id,
             is_admin=await self._admins.is_admin(team_id, user_id),
             display_name=mention(user_id),
+            name=await self._admins.name(team_id, user_id),
         )
 
     # -- /r2v --------------------------------------------------------------------------------

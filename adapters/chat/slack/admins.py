@@ -12,6 +12,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from typing import Any
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -35,7 +36,7 @@ class AdminDirectory:
         self._group = group.strip().lstrip("@") if group and group.strip() else None
         self._ttl = ttl
         self._clock = clock
-        self._members: dict[tuple[str, str], tuple[float, bool]] = {}
+        self._members: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
 
     async def is_admin(self, team_id: str, user_id: str) -> bool:
@@ -43,7 +44,27 @@ class AdminDirectory:
             return True
         return self._group is not None and user_id in await self._group_members(team_id)
 
+    async def name(self, team_id: str, user_id: str) -> str:
+        """The member's name as people see it (display name, else real name, else handle);
+        "" when Slack does not say."""
+        user = await self._user(team_id, user_id)
+        profile = user.get("profile") or {}
+        for candidate in (
+            profile.get("display_name"),
+            profile.get("real_name"),
+            user.get("real_name"),
+            user.get("name"),
+        ):
+            if isinstance(candidate, str) and candidate.strip():
+                return candidate.strip()
+        return ""
+
     async def _workspace_admin(self, team_id: str, user_id: str) -> bool:
+        user = await self._user(team_id, user_id)
+        return bool(user.get("is_admin") or user.get("is_owner") or user.get("is_primary_owner"))
+
+    async def _user(self, team_id: str, user_id: str) -> dict[str, Any]:
+        """``users.info``'s user, kept for the directory's time-to-live ({} when it fails)."""
         now = self._clock()
         kept = self._members.get((team_id, user_id))
         if kept is not None and kept[0] > now:
@@ -52,11 +73,10 @@ class AdminDirectory:
             answer = await self._client.users_info(user=user_id)
         except SlackApiError as exc:
             log.warning("users.info for %s failed: %s", user_id, exc.response.get("error"))
-            return False
+            return {}
         user = answer.get("user") or {}
-        admin = bool(user.get("is_admin") or user.get("is_owner") or user.get("is_primary_owner"))
-        self._members[(team_id, user_id)] = (now + self._ttl, admin)
-        return admin
+        self._members[(team_id, user_id)] = (now + self._ttl, user)
+        return dict(user)
 
     async def _group_members(self, team_id: str) -> frozenset[str]:
         now = self._clock()
