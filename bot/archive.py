@@ -38,6 +38,7 @@ from bot.models import (
     CharacterMedia,
     IncomingFile,
     MediaKind,
+    NewCharacter,
     Visibility,
 )
 from bot.names import check_name, name_key
@@ -270,8 +271,8 @@ class Archive:
     ) -> None:
         await self._store.ensure_server(actor.server_key, actor.platform)
         blobs: list[str] = []
-        made: list[Character] = []
         try:
+            drafts = []
             for character, files in zip(kept, checked, strict=True):
                 items = []
                 for position, item in enumerate(files):
@@ -282,20 +283,18 @@ class Archive:
                             kind=item.info.kind, blob=blob, info=item.info, position=position
                         )
                     )
-                made.append(
-                    await self._store.create(
-                        actor.server_key,
+                drafts.append(
+                    NewCharacter(
                         character.name,
                         character.owner or actor.user_id,
                         character.description,
                         character.visibility,
-                        items,
+                        tuple(items),
                     )
                 )
+            # One transaction: a crash or a clash leaves no character of the import behind.
+            await self._store.create_many(actor.server_key, drafts)
         except BaseException:
-            for stored in made:
-                with contextlib.suppress(Exception):
-                    await self._store.delete(stored.id)
             await self._blobs.discard_unused(blobs)
             raise
 

@@ -81,6 +81,17 @@ class Visibility(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class NewCharacter:
+    """A character to be stored (an import writes several in one transaction)."""
+
+    name: str
+    owner_id: str
+    description: str
+    visibility: Visibility
+    media: tuple[CharacterMedia, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Character:
     id: int
     server_id: str

@@ -21,6 +21,7 @@ from bot.models import (
     Job,
     JobState,
     MediaKind,
+    NewCharacter,
     OpenJob,
     Visibility,
 )
@@ -344,6 +345,12 @@ class CharacterStore(Protocol):
         media: Sequence[CharacterMedia],
     ) -> Character:
         """Insert a character and its media in one transaction; ``NameTaken`` on a clash."""
+        ...
+
+    async def create_many(
+        self, server_id: str, drafts: Sequence[NewCharacter]
+    ) -> Sequence[Character]:
+        """Insert several characters in one transaction: all, or none."""
         ...
 
     async def add_media(self, character_id: int, media: CharacterMedia) -> None: ...

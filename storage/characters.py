@@ -13,7 +13,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from bot.errors import Refusal
-from bot.models import Character, CharacterMedia, MediaInfo, MediaKind, Visibility
+from bot.models import (
+    Character,
+    CharacterMedia,
+    MediaInfo,
+    MediaKind,
+    NewCharacter,
+    Visibility,
+)
 from bot.names import name_key
 from storage.sql import Row, SqlDatabase, Tx
 
@@ -127,36 +134,48 @@ class SqlCharacterStore:
     ) -> Character:
         """Insert a character and its media (positions in the given order) in one transaction;
         ``Refusal(code="name_taken")`` when the server has the name in any case."""
+        draft = NewCharacter(name, owner_id, description, visibility, tuple(media))
+        [character] = await self.create_many(server_id, [draft])
+        return character
+
+    async def create_many(
+        self, server_id: str, drafts: Sequence[NewCharacter]
+    ) -> Sequence[Character]:
+        """Insert several characters in one transaction: all of them, or (on a name clash or
+        any failure) none."""
         now = self._clock()
         async with self._db.transaction() as tx:
-            await self._check_free(tx, server_id, name)
-            inserted = await tx.fetchone(
-                "INSERT INTO characters (server_id, name, name_key, owner_id, description,"
-                " visibility, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                " RETURNING id",
-                (
-                    server_id,
-                    name,
-                    name_key(name),
-                    owner_id,
-                    description,
-                    visibility.value,
-                    now,
-                    now,
-                ),
-            )
-            character_id = _new_id(inserted)
-            stored = [
-                await self._insert_media(tx, character_id, item, position, now)
-                for position, item in enumerate(media)
-            ]
+            return [await self._insert(tx, server_id, draft, now) for draft in drafts]
+
+    async def _insert(self, tx: Tx, server_id: str, draft: NewCharacter, now: float) -> Character:
+        await self._check_free(tx, server_id, draft.name)
+        inserted = await tx.fetchone(
+            "INSERT INTO characters (server_id, name, name_key, owner_id, description,"
+            " visibility, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " RETURNING id",
+            (
+                server_id,
+                draft.name,
+                name_key(draft.name),
+                draft.owner_id,
+                draft.description,
+                draft.visibility.value,
+                now,
+                now,
+            ),
+        )
+        character_id = _new_id(inserted)
+        stored = [
+            await self._insert_media(tx, character_id, item, position, now)
+            for position, item in enumerate(draft.media)
+        ]
         return Character(
             id=character_id,
             server_id=server_id,
-            name=name,
-            owner_id=owner_id,
-            description=description,
-            visibility=visibility,
+            name=draft.name,
+            owner_id=draft.owner_id,
+            description=draft.description,
+            visibility=draft.visibility,
             media=tuple(stored),
             created_at=now,
         )

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from bot.errors import Refusal
-from bot.models import CharacterMedia, MediaInfo, MediaKind, Visibility
+from bot.models import CharacterMedia, MediaInfo, MediaKind, NewCharacter, Visibility
 from bot.ports import CharacterStore
 from storage.characters import SqlCharacterStore
 from storage.people import SqlPeopleStore
@@ -249,3 +249,17 @@ async def test_people_names_are_remembered_per_server_and_updated(db: SqlDatabas
     await people.remember("console:other", "u1", "Someone else")
     assert await people.names(SERVER, ["u1", "u2", "u1"]) == {"u1": "Ada Lovelace"}
     assert await people.names(SERVER, []) == {}
+
+
+async def test_create_many_writes_all_or_none(db: SqlDatabase, store: SqlCharacterStore) -> None:
+    await store.create(SERVER, "bob", "u1", "", Visibility.PUBLIC, [])
+    drafts = [
+        NewCharacter("alice", "u2", "", Visibility.PUBLIC, ()),
+        NewCharacter("BOB", "u2", "", Visibility.PUBLIC, ()),  # clashes with bob
+    ]
+    with pytest.raises(Refusal) as clash:
+        await store.create_many(SERVER, drafts)
+    assert clash.value.code == "name_taken"
+    assert [c.name for c in await store.list(SERVER)] == ["bob"]  # alice was not kept
+    made = await store.create_many(SERVER, drafts[:1])
+    assert [c.name for c in made] == ["alice"]
