@@ -44,3 +44,53 @@ def test_without_the_gpu_extra_it_says_how_to_get_it(
     assert main([]) == 2
     err = capsys.readouterr().err
     assert "needs diffusers: install the gpu extra (pip install 'r2v-bot[gpu]')" in err
+
+
+def test_sigterm_stops_a_running_worker_with_status_0(tmp_path: Path) -> None:
+    """A rolling deploy stops the worker with SIGTERM: it closes and exits 0 (its tasks are
+    kept on disk and resumed at the next start)."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import time
+
+    import httpx
+
+    from tests.worker.tiny import tiny_model
+
+    env = {
+        **os.environ,
+        "R2V_WORKER_TOKEN": TOKEN,
+        "R2V_WORKER_MODEL": str(tiny_model()),
+        "R2V_WORKER_DEVICES": "cpu",
+        "R2V_WORKER_PORT": "0",
+        "R2V_WORKER_DATA_DIR": str(tmp_path / "worker"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "bot", "worker"],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stderr is not None
+        url = None
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = worker.stderr.readline()
+            assert line, "the worker ended before it listened"
+            found = re.search(r"listening on (http://\S+)", line)
+            url = found.group(1) if found else None
+        assert url is not None
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        assert httpx.get(f"{url}/healthz", headers=auth, timeout=10).status_code == 200
+        started = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+        assert time.monotonic() - started < 20  # R2V_SHUTDOWN_SECONDS' default
+    finally:
+        if worker.poll() is None:
+            worker.kill()
