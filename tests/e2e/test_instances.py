@@ -26,7 +26,7 @@ import pytest
 
 from tests.e2e.console import Console
 from tests.fakes.replicate import FakeReplicate
-from tests.fakes.s3 import REGION, MotoServer
+from tests.fakes.s3 import REGION, MotoServer, moto_with_bucket
 from tests.media_factory import make_image, make_video
 from tests.postgres import drop_schema, new_schema, require_postgres
 
@@ -87,10 +87,8 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def store() -> Iterator[MotoServer]:
-    server = MotoServer().start()
-    server.create_bucket(BUCKET)
-    yield server
-    server.stop()
+    with moto_with_bucket(BUCKET) as server:
+        yield server
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 
 from bot.models import MediaKind
 from tests.fakes.freepik import FakeFreepik
-from tests.fakes.s3 import REGION, MotoServer
+from tests.fakes.s3 import REGION, MotoServer, moto_with_bucket
 from tests.harness import NO_POLLING, bot_with
 from tests.media_factory import make_video
 
@@ -25,10 +25,8 @@ BUCKET = "bot-blobs"
 
 @pytest.fixture(scope="module")
 def moto() -> Iterator[MotoServer]:
-    server = MotoServer().start()
-    server.create_bucket(BUCKET)
-    yield server
-    server.stop()
+    with moto_with_bucket(BUCKET) as server:
+        yield server
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -158,3 +159,14 @@ class MotoServer:
                 self._process.kill()
                 self._process.wait()
             self._process = None
+
+
+@contextlib.contextmanager
+def moto_with_bucket(bucket: str) -> Iterator[MotoServer]:
+    """moto's server with one bucket made, for a test module's fixture; stopped after."""
+    server = MotoServer().start()
+    try:
+        server.create_bucket(bucket)
+        yield server
+    finally:
+        server.stop()

@@ -30,7 +30,7 @@ from storage.blob_cache import BlobCache
 from storage.blob_stores import open_blob_store
 from storage.blobs import FileBlobStore
 from storage.s3 import PART_BYTES, S3BlobStore, S3Location
-from tests.fakes.s3 import MotoServer
+from tests.fakes.s3 import MotoServer, moto_with_bucket
 
 BUCKET = "r2v-blobs"
 MiB = 1024 * 1024
@@ -52,10 +52,8 @@ def sha(data: bytes) -> str:
 
 @pytest.fixture(scope="module")
 def moto() -> Iterator[MotoServer]:
-    server = MotoServer().start()
-    server.create_bucket(BUCKET)
-    yield server
-    server.stop()
+    with moto_with_bucket(BUCKET) as server:
+        yield server
 
 
 @pytest.fixture
