@@ -46,6 +46,7 @@ from bot.roster import Roster
 from bot.settings import Settings
 from bot.thumbnails import Thumbnails
 from storage.blob_stores import open_blob_store
+from storage.blob_trash import SqlBlobTrash
 from storage.characters import SqlCharacterStore
 from storage.database import DataFolderLock, migrations_for, open_database, sqlite_path
 from storage.jobs import SqlJobStore
@@ -97,7 +98,9 @@ async def build(
         )
         stack.push_async_callback(db.close)
         secret = shared_secret(settings, db.dialect)
-        blobs = await stack.enter_async_context(open_blob_store(settings, db.blob_in_use))
+        blobs = await stack.enter_async_context(
+            open_blob_store(settings, db.blob_in_use, SqlBlobTrash(db))
+        )
         if left := await asyncio.to_thread(remove_leftovers, settings.data_dir / "tmp"):
             log.info("removed %d temp files a stopped save left behind", len(left))
         client = await stack.enter_async_context(

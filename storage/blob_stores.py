@@ -17,7 +17,7 @@ from bot.errors import ConfigurationError
 from bot.settings import Settings
 from storage.blob_cache import BlobCache
 from storage.blobs import FileBlobStore
-from storage.s3 import S3Access, S3BlobStore, S3Location
+from storage.s3 import BlobTrash, S3Access, S3BlobStore, S3Location
 
 
 def blob_folder(settings: Settings) -> Path | None:
@@ -52,7 +52,9 @@ def s3_access(settings: Settings) -> S3Access:
 
 @asynccontextmanager
 async def open_blob_store(
-    settings: Settings, is_referenced: Callable[[str], Awaitable[bool]]
+    settings: Settings,
+    is_referenced: Callable[[str], Awaitable[bool]],
+    trash: BlobTrash | None = None,
 ) -> AsyncIterator[FileBlobStore | S3BlobStore]:
     """The blob store the settings name, ready; closed when the block ends.
 
@@ -67,5 +69,7 @@ async def open_blob_store(
     assert settings.blob_url is not None
     location = S3Location.parse(settings.blob_url)
     cache = BlobCache(settings.data_dir / "blob-cache", settings.blob_cache_bytes)
-    async with S3BlobStore.open(location, s3_access(settings), cache, is_referenced) as store:
+    async with S3BlobStore.open(
+        location, s3_access(settings), cache, is_referenced, trash
+    ) as store:
         yield store

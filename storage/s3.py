@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
@@ -36,6 +37,8 @@ from storage.blobs import CHUNK_BYTES, FileBlobWriter
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+log = logging.getLogger(__name__)
 
 #: Blobs up to this size go up in one request; larger ones in parts of this size, S3's smallest
 #: (10,000 parts make 48 GiB, far past any result). One part is in memory at a time, and the
@@ -189,12 +192,31 @@ def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+class BlobTrash(Protocol):
+    """Deferred removal, ordered by the database (``storage.blob_trash``)."""
+
+    async def discard(self, blobs: Sequence[str]) -> None: ...
+
+    async def rescue(self, blob: str) -> None: ...
+
+    def sweeping(
+        self, grace_seconds: float, limit: int = ...
+    ) -> AbstractAsyncContextManager[list[str]]: ...
+
+
+#: How long an unused blob waits in the trash before it is removed from the bucket.
+TRASH_GRACE_SECONDS = 600.0
+#: How often each instance sweeps the trash.
+SWEEP_EVERY_SECONDS = 300.0
+
+
 class S3BlobStore:
     """The ``BlobStore`` port on an S3 bucket; open it with ``S3BlobStore.open``.
 
     A lock per blob name covers storing a blob and each check-then-remove of ``discard_unused``
-    in this process, as ``FileBlobStore``'s lock does. Across instances the database's
-    references decide, as they do for everything else.
+    in this process, as ``FileBlobStore``'s lock does. Across instances (given ``trash``) unused
+    blobs are not deleted at once but put in the database's trash and removed by a later sweep,
+    so a blob one instance stores again while another finds it unused is never lost.
     """
 
     def __init__(
@@ -204,8 +226,10 @@ class S3BlobStore:
         access: S3Access,
         cache: BlobCache,
         is_referenced: Callable[[str], Awaitable[bool]],
+        trash: BlobTrash | None = None,
     ) -> None:
         self._client = client
+        self._trash = trash
         self.location = location
         self._access = access
         self.cache = cache
@@ -221,8 +245,11 @@ class S3BlobStore:
         access: S3Access,
         cache: BlobCache,
         is_referenced: Callable[[str], Awaitable[bool]],
+        trash: BlobTrash | None = None,
     ) -> AsyncIterator[S3BlobStore]:
-        """Connect, check that the bucket is there and takes our keys, and close at the end."""
+        """Connect, check that the bucket is there and takes our keys, and close at the end.
+
+        With ``trash``, a background task sweeps it every ``SWEEP_EVERY_SECONDS``."""
         session = get_session()
         async with session.create_client(
             "s3",
@@ -233,12 +260,17 @@ class S3BlobStore:
             aws_session_token=access.session_token,
             config=access.config(),
         ) as client:
-            store = cls(client, location, access, cache, is_referenced)
+            store = cls(client, location, access, cache, is_referenced, trash)
             await store.check_bucket()
             await cache.start()
+            sweeper = asyncio.create_task(store._keep_sweeping()) if trash is not None else None
             try:
                 yield store
             finally:
+                if sweeper is not None:
+                    sweeper.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await sweeper
                 await store._stop_fetches()
 
     async def check_bucket(self) -> None:
@@ -331,16 +363,45 @@ class S3BlobStore:
         await self._upload(writer.sha256)
 
     async def discard_unused(self, blobs: Sequence[str]) -> None:
-        """Remove those of the blobs that nothing refers to any more, from the bucket and the
-        cache. Callers remove their references first, then call this."""
+        """Remove those of the blobs that nothing refers to any more. Callers remove their
+        references first, then call this. With a trash the removal waits for a sweep."""
+        unused = []
         for blob in dict.fromkeys(blobs):
-            key = self.location.key(blob)
             async with self._locks(blob):
                 if await self._is_referenced(blob):
                     continue
-                async with self._faults("removing a blob"):
-                    await self._client.delete_object(Bucket=self.location.bucket, Key=key)
-                await self.cache.remove(blob)
+                if self._trash is None:
+                    await self._remove(blob)
+                else:
+                    unused.append(blob)
+        if self._trash is not None:
+            await self._trash.discard(unused)
+
+    async def sweep(self, grace_seconds: float = TRASH_GRACE_SECONDS) -> int:
+        """Remove from the bucket (and the cache) the trash's blobs that have waited out
+        ``grace_seconds`` unused; answer how many. Several instances may sweep at once."""
+        if self._trash is None:
+            return 0
+        async with self._trash.sweeping(grace_seconds) as doomed:
+            for blob in doomed:
+                await self._remove(blob)
+        return len(doomed)
+
+    async def _keep_sweeping(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_EVERY_SECONDS)
+            try:
+                while await self.sweep():
+                    pass
+            except Exception as exc:
+                log.warning("could not sweep the blob trash, will retry: %s", exc)
+
+    async def _remove(self, blob: str) -> None:
+        async with self._faults("removing a blob"):
+            await self._client.delete_object(
+                Bucket=self.location.bucket, Key=self.location.key(blob)
+            )
+        await self.cache.remove(blob)
 
     async def cached_path(self, blob: str) -> Path | None:
         """The cached copy when this instance has one (nothing is fetched)."""
@@ -413,6 +474,10 @@ class S3BlobStore:
         """Put the cached file of ``blob`` in the bucket, unless the bucket has it already."""
         path = self.cache.path(blob)
         size = (await asyncio.to_thread(path.stat)).st_size
+        if self._trash is not None:
+            # Before looking in the bucket: a sweep removing this blob finishes first (the
+            # upload below then puts it back), or never takes it.
+            await self._trash.rescue(blob)
         async with self._locks(blob), self._faults("storing a blob"):
             if await self._exists(blob):
                 await self.cache.added(size)
