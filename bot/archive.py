@@ -24,7 +24,7 @@ import re
 import shutil
 import time
 import zipfile
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -243,7 +243,7 @@ class Archive:
         raw = await asyncio.to_thread(_extract, archive, entry, max_bytes, self._workdir, where)
         try:
             checked = await media.check_file(
-                _local(raw), self._workdir, expect=entry.kind, limits=self._limits
+                media.local_incoming(raw), self._workdir, expect=entry.kind, limits=self._limits
             )
         except Refusal as exc:
             raise Refusal(f"{where}: {exc.message}", code=exc.code) from None
@@ -527,20 +527,6 @@ def _extract(
         target.unlink(missing_ok=True)
         raise
     return target
-
-
-def _local(path: Path) -> IncomingFile:
-    """A file of ours, as ``check_file`` takes attachments (streamed in a thread)."""
-
-    async def chunks() -> AsyncIterator[bytes]:
-        handle = await asyncio.to_thread(path.open, "rb")
-        try:
-            while chunk := await asyncio.to_thread(handle.read, _CHUNK):
-                yield chunk
-        finally:
-            await asyncio.to_thread(handle.close)
-
-    return IncomingFile(name=path.name, open=chunks, declared_size=path.stat().st_size)
 
 
 def _sha256(path: Path) -> str:

@@ -263,6 +263,24 @@ async def inspect_result(path: Path) -> MediaInfo:
 TEMP_PREFIXES: Final = ("incoming-", "fitted-")
 
 
+#: Bytes read at a time from a local file handed to ``check_file``.
+LOCAL_READ_BYTES = 256 * 1024
+
+
+def local_incoming(path: Path) -> IncomingFile:
+    """A local file as ``check_file`` takes attachments: read in chunks, in a thread."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        handle = await asyncio.to_thread(path.open, "rb")
+        try:
+            while chunk := await asyncio.to_thread(handle.read, LOCAL_READ_BYTES):
+                yield chunk
+        finally:
+            await asyncio.to_thread(handle.close)
+
+    return IncomingFile(name=path.name, open=chunks, declared_size=path.stat().st_size)
+
+
 def remove_leftovers(workdir: Path) -> list[Path]:
     """Delete the temp files a save or a fitting killed half-way left in ``workdir``; answer
     them. Run at start, before anything can be writing there: one process owns a data folder."""

@@ -119,6 +119,26 @@ class SignedLinks:
         return value
 
 
+#: What each kind of signed link names, where it points, and what a refusal tells to run.
+_LINK_KINDS = {
+    "gallery": ("gallery", " with /gallery"),  # one server (its storage key)
+    "export": ("exports", " with /character export"),  # one ZIP in the exports folder
+}
+
+
+def signed_links(
+    kind: str,
+    signer: Signer,
+    base_url: Callable[[], str | None],
+    hours: int,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> SignedLinks:
+    """``/gallery`` or ``/exports`` links, signed under a key of their own (``kind``)."""
+    route, how = _LINK_KINDS[kind]
+    return SignedLinks(signer.derive(kind), base_url, route, hours * 3600, how=how, clock=clock)
+
+
 def gallery_links(
     signer: Signer,
     base_url: Callable[[], str | None],
@@ -126,33 +146,11 @@ def gallery_links(
     *,
     clock: Callable[[], float] = time.time,
 ) -> SignedLinks:
-    """``/gallery`` links: each names one server (its storage key)."""
-    return SignedLinks(
-        signer.derive("gallery"),
-        base_url,
-        "gallery",
-        hours * 3600,
-        how=" with /gallery",
-        clock=clock,
-    )
+    return signed_links("gallery", signer, base_url, hours, clock=clock)
 
 
-def export_links(
-    signer: Signer,
-    base_url: Callable[[], str | None],
-    hours: int,
-    *,
-    clock: Callable[[], float] = time.time,
-) -> SignedLinks:
-    """``/exports`` links: each names one ZIP in the exports folder."""
-    return SignedLinks(
-        signer.derive("export"),
-        base_url,
-        "exports",
-        hours * 3600,
-        how=" with /character export",
-        clock=clock,
-    )
+def export_links(signer: Signer, base_url: Callable[[], str | None], hours: int) -> SignedLinks:
+    return signed_links("export", signer, base_url, hours)
 
 
 def _environment() -> jinja2.Environment:
