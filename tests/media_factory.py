@@ -8,7 +8,7 @@ chat attachment the way an adapter would hand one over.
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import math
 import struct
 import wave
@@ -21,6 +21,7 @@ from typing import Literal
 import av
 from PIL import ExifTags, Image, ImageCms
 
+from bot.media import local_incoming
 from bot.models import IncomingFile
 
 CHUNK_SIZE = 64 * 1024
@@ -177,18 +178,10 @@ def png_header_claiming(path: Path, width: int, height: int) -> Path:
 
 
 def local_file(path: Path, *, declared: bool = True) -> IncomingFile:
-    """A local file as an attachment: read in 64 KiB chunks, each read in a thread."""
-
-    async def chunks() -> AsyncIterator[bytes]:
-        handle = await asyncio.to_thread(path.open, "rb")
-        try:
-            while chunk := await asyncio.to_thread(handle.read, CHUNK_SIZE):
-                yield chunk
-        finally:
-            await asyncio.to_thread(handle.close)
-
-    size = path.stat().st_size if declared else None
-    return IncomingFile(name=path.name, open=chunks, declared_size=size)
+    """A local file as an attachment, read as the bot reads local files (in a thread);
+    ``declared=False`` leaves its size unknown until read, as some uploads do."""
+    incoming = local_incoming(path)
+    return incoming if declared else dataclasses.replace(incoming, declared_size=None)
 
 
 def bytes_file(name: str, data: bytes, declared_size: int | None = None) -> IncomingFile:

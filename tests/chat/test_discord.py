@@ -135,6 +135,16 @@ def job_id_in(content: str) -> str:
     return words[words.index("job") + 1]
 
 
+async def rendering_in_its_thread(bot: DiscordBot, fake: FakeDiscord) -> tuple[int, User, str, int]:
+    """Ann's job, rendering (slowly) in its thread: channel, user, job id and thread id."""
+    channel = await generation_channel(bot)
+    user = fake.user("ann")
+    await characters(bot, user, "alice")
+    job_id = await bot.generate(user, channel, prompt="@alice waves", duration=2)
+    threads = await fake.wait_for(lambda: fake.threads_of(channel))
+    return channel, user, job_id, int(threads[0]["id"])
+
+
 async def delivered(bot: DiscordBot, job_id: str) -> dict[str, Any]:
     """Wait for the job's video message and answer it."""
 
@@ -617,12 +627,8 @@ async def test_a_deleted_thread_sends_the_video_to_its_channel_mentioning_the_ow
     tmp_path: Path, fake: FakeDiscord
 ) -> None:
     async with discord_bot(tmp_path, fake, storyboard_render_seconds=1.0) as bot:
-        channel = await generation_channel(bot)
-        user = fake.user("ann")
-        await characters(bot, user, "alice")
-        job_id = await bot.generate(user, channel, prompt="@alice waves", duration=2)
-        thread = await fake.wait_for(lambda: fake.threads_of(channel))
-        fake.delete_channel(int(thread[0]["id"]))
+        channel, user, job_id, thread = await rendering_in_its_thread(bot, fake)
+        fake.delete_channel(thread)
         video = await delivered(bot, job_id)
         assert video["channel_id"] == str(channel)
         assert video["content"].startswith(f"<@{user.id}>")
@@ -635,12 +641,8 @@ async def test_a_video_goes_to_direct_messages_when_no_channel_takes_it(
     tmp_path: Path, fake: FakeDiscord
 ) -> None:
     async with discord_bot(tmp_path, fake, storyboard_render_seconds=1.0) as bot:
-        channel = await generation_channel(bot)
-        user = fake.user("ann")
-        await characters(bot, user, "alice")
-        job_id = await bot.generate(user, channel, prompt="@alice waves", duration=2)
-        thread = await fake.wait_for(lambda: fake.threads_of(channel))
-        fake.forbidden |= {int(thread[0]["id"]), channel}
+        channel, user, job_id, thread = await rendering_in_its_thread(bot, fake)
+        fake.forbidden |= {thread, channel}
         video = await delivered(bot, job_id)
         assert video["channel_id"] == str(fake.dms[user.id])
         assert (await finished(bot, job_id)).state is JobState.DELIVERED

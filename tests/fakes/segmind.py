@@ -109,13 +109,20 @@ class FakeSegmind(FakeProvider):
             }
         )
 
-    async def _status(self, request: web.Request) -> web.Response:
+    async def _job(self, request: web.Request) -> FakeRequest | web.Response:
+        """The request's job, or the answer that refuses it (auth, unknown id)."""
         refused = await self._admit(request)
         if refused is not None:
             return refused
         job = self.jobs.get(request.match_info["request_id"])
         if job is None:
             return web.json_response({"error": "request not found"}, status=404)
+        return job
+
+    async def _status(self, request: web.Request) -> web.Response:
+        job = await self._job(request)
+        if isinstance(job, web.Response):
+            return job
         job.polls += 1
         if self.complete_after_polls is not None and job.status in ("QUEUED", "PROCESSING"):
             job.status = "PROCESSING"
@@ -127,12 +134,9 @@ class FakeSegmind(FakeProvider):
         return web.json_response(answer)
 
     async def _response(self, request: web.Request) -> web.Response:
-        refused = await self._admit(request)
-        if refused is not None:
-            return refused
-        job = self.jobs.get(request.match_info["request_id"])
-        if job is None:
-            return web.json_response({"error": "request not found"}, status=404)
+        job = await self._job(request)
+        if isinstance(job, web.Response):
+            return job
         job.response_reads += 1
         if job.status != "COMPLETED":
             job.early_reads += 1
