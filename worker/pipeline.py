@@ -108,7 +108,7 @@ def resolve_devices(settings: WorkerSettings) -> tuple[str, ...]:
                     f"R2V_WORKER_DEVICES names {device}, but this machine has "
                     f"{torch.cuda.device_count()} CUDA GPU(s)."
                 )
-    return tuple(device if device != "cuda" else "cuda:0" for device in named)
+    return tuple(named)
 
 
 class VacePipeline:

@@ -139,8 +139,12 @@ class WorkerSettings(BaseSettings):
         names = [name.strip() for name in text.split(",") if name.strip()]
         if not names or any(not _DEVICE.fullmatch(name) for name in names):
             raise ValueError("unknown device")
-        # A bare number is a CUDA GPU, as nvidia-smi and CUDA_VISIBLE_DEVICES count them.
-        devices = [f"cuda:{name}" if name.isdigit() else name for name in names]
+        # A bare number is a CUDA GPU, as nvidia-smi and CUDA_VISIBLE_DEVICES count them, and
+        # "cuda" is the first: named alike, a GPU listed twice is seen as such.
+        devices = [
+            f"cuda:{name}" if name.isdigit() else "cuda:0" if name == "cuda" else name
+            for name in names
+        ]
         if len(set(devices)) != len(devices):
             raise ValueError("a device is named twice")
         return ",".join(devices)

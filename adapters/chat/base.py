@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -28,16 +29,19 @@ class ChatAdapter(ChatPort, Protocol):
     async def close(self) -> None: ...
 
 
-def file_or_link(reply: Reply, upload_limit: int) -> tuple[Path | None, str]:
-    """What to do with a reply's file (a roster export) where uploads stop at ``upload_limit``:
-    the file to upload when it fits, else nothing to upload and a line with its signed link."""
+async def file_or_link(reply: Reply, upload_limit: int | None) -> tuple[Path | None, str]:
+    """What to do with a reply's file (a roster export) where uploads stop at ``upload_limit``
+    (``None``: no upload at all): the file to upload when it fits, else nothing to upload and
+    a line with its signed link."""
     if reply.file is None:
         return None, ""
-    size = reply.file.stat().st_size
-    if size <= upload_limit:
+    size = (await asyncio.to_thread(reply.file.stat)).st_size
+    if upload_limit is not None and size <= upload_limit:
         return reply.file, ""
-    over = (
-        f"It is {describe_amount(size)}, over the {describe_amount(upload_limit)} upload limit here"
+    over = f"It is {describe_amount(size)}" + (
+        f", over the {describe_amount(upload_limit)} upload limit here"
+        if upload_limit is not None
+        else ""
     )
     if reply.file_link is None:
         return None, (

@@ -261,7 +261,13 @@ class AtlasCloudProvider(HostedProvider):
 
     async def status(self, task_id: str) -> TaskStatus:
         response = await self.api.call("GET", _prediction_path(task_id), ok=_NOT_FOUND)
+        # A failure its webhook reported ends the job at this read, whatever the read says
+        # (the status call lags behind the webhook), unless the read says it has finished.
+        reported = self._failed_by_webhook.get(task_id)
         if response.status_code in _NOT_FOUND:
+            if reported is not None:
+                self._forget(task_id)
+                return TaskStatus(TaskState.FAILED, error=reported)
             return self._not_found(task_id, response.status_code)
         try:
             answer: Any = response.json()
@@ -274,15 +280,13 @@ class AtlasCloudProvider(HostedProvider):
                 code="provider_error",
                 retryable=True,
             )
-        self._since.pop(task_id, None)  # it is known now: its grace is over
+        self._forget(task_id)  # it is known now: its grace is over, the webhook's word read
         raw = data.get("status")
         state = map_state(self.name, raw, STATES)
         if state in (TaskState.PENDING, TaskState.RUNNING):
-            reported = self._failed_by_webhook.pop(task_id, None)
-            if reported is not None:  # its end-of-job webhook said it failed
+            if reported is not None:
                 return TaskStatus(TaskState.FAILED, error=reported)
             return TaskStatus(state, raw=str(raw))
-        self._failed_by_webhook.pop(task_id, None)
         if state is TaskState.FAILED:
             return TaskStatus(TaskState.FAILED, error=_failure(data))
         outputs = data.get("outputs")
@@ -294,13 +298,14 @@ class AtlasCloudProvider(HostedProvider):
             )
         return TaskStatus(TaskState.SUCCEEDED, progress=1.0, result_url=url)
 
+    def _forget(self, task_id: str) -> None:
+        self._since.pop(task_id, None)
+        self._failed_by_webhook.pop(task_id, None)
+
     def _not_found(self, task_id: str, status: int) -> TaskStatus:
         """A task AtlasCloud does not know: "not yet" within the grace, then lost."""
         since = self._since.setdefault(task_id, self._clock())
         waited = self._clock() - since
-        reported = self._failed_by_webhook.pop(task_id, None)
-        if reported is not None:
-            return TaskStatus(TaskState.FAILED, error=reported)
         if waited < self._grace:
             return TaskStatus(TaskState.PENDING, raw=f"HTTP {status}")
         self._since.pop(task_id, None)

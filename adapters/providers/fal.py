@@ -18,7 +18,6 @@ What is particular to fal (PROVIDERS.md):
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 import uuid
@@ -36,6 +35,8 @@ from adapters.providers.base import (
     error_message,
     is_content_refusal,
     map_state,
+    task_id_with_urls,
+    urls_in_task_id,
 )
 from adapters.providers.jwks import JwksCache
 from adapters.webhooks import DEFAULT_TOLERANCE, check_timestamp, header
@@ -88,27 +89,17 @@ class FalTask:
     cancel_url: str
 
     def to_id(self) -> str:
-        return json.dumps(
-            {
-                "id": self.request_id,
-                "status": self.status_url,
-                "response": self.response_url,
-                "cancel": self.cancel_url,
-            },
-            separators=(",", ":"),
+        return task_id_with_urls(
+            self.request_id,
+            {"status": self.status_url, "response": self.response_url, "cancel": self.cancel_url},
         )
 
     @classmethod
     def from_id(cls, task_id: str, queue_url: str, model: str) -> FalTask:
         """The task a task id names; a bare request id gets the documented URL shapes."""
-        try:
-            data = json.loads(task_id)
-        except ValueError:
-            data = None
-        if isinstance(data, dict) and all(
-            isinstance(data.get(k), str) for k in ("id", "status", "response", "cancel")
-        ):
-            return cls(data["id"], data["status"], data["response"], data["cancel"])
+        request_id, urls = urls_in_task_id(task_id)
+        if all(key in urls for key in ("status", "response", "cancel")):
+            return cls(request_id, urls["status"], urls["response"], urls["cancel"])
         base = f"{queue_url}/{app_id(model)}/requests/{quote(task_id, safe='')}"
         return cls(task_id, f"{base}/status", base, f"{base}/cancel")
 

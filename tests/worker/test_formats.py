@@ -237,3 +237,10 @@ def test_a_compiled_transformer_is_warmed_at_both_ends_of_every_resolution() -> 
         (1280, 720, 81),
         (720, 1280, 81),
     ]
+
+
+@pytest.mark.parametrize("devices", ["cuda,0", "0,cuda:0", "cuda, cuda:0"])
+def test_one_gpu_named_twice_is_refused(devices: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        load_worker_settings(token=TOKEN, devices=devices, _env_file=None)
+    assert "R2V_WORKER_DEVICES" in refused.value.message

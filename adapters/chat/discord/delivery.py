@@ -78,6 +78,11 @@ def unreachable(error: discord.HTTPException) -> bool:
     return error.code in _UNREACHABLE
 
 
+def capped(limit: int, max_upload: int | None) -> int:
+    """A server's upload limit under the adapter's own cap, when it has one."""
+    return min(limit, max_upload) if max_upload is not None else limit
+
+
 class Delivery:
     """Posts videos with the bot's token into the job's thread, or its channel."""
 
@@ -182,7 +187,7 @@ class Delivery:
         except discord.HTTPException:
             log.warning("job %s: could not read the server's upload limit", job.id, exc_info=True)
             limit = discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
-        return min(limit, self._max_upload) if self._max_upload is not None else limit
+        return capped(limit, self._max_upload)
 
     async def _send(
         self, job: Job, text: str, *, upload: Path | None = None, note: str = ""

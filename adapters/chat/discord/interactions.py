@@ -21,6 +21,7 @@ from discord.utils import DEFAULT_FILE_SIZE_LIMIT_BYTES
 from adapters.chat.base import file_or_link
 from adapters.chat.discord.commands import SAVE_AS_CHARACTER, CommandSet, Invocation
 from adapters.chat.discord.context import actor_of, place_of, reply_content, request_of
+from adapters.chat.discord.delivery import capped
 from adapters.chat.discord.files import CDN_HOSTS, Attachment, attachment_file
 from adapters.chat.discord.views import TEXT_INPUT_MAX, CharacterForm, EditPromptForm
 from bot.commands import OptionType
@@ -247,7 +248,7 @@ class Interactions:
                 thread_id = job.destination.thread_id
                 if thread_id and thread_id != place_of(interaction)[1]:
                     extra = f"\nFollow it in <#{thread_id}>."
-        upload, link = file_or_link(reply, self._upload_limit(interaction))
+        upload, link = await file_or_link(reply, self._upload_limit(interaction))
         content = reply_content(reply, extra + link)
         if upload is None:
             await interaction.edit_original_response(content=content)
@@ -260,7 +261,7 @@ class Interactions:
         the smallest any guild has; never more than the adapter's own cap."""
         guild = interaction.guild
         limit = guild.filesize_limit if guild is not None else DEFAULT_FILE_SIZE_LIMIT_BYTES
-        return min(limit, self._max_upload) if self._max_upload is not None else limit
+        return capped(limit, self._max_upload)
 
     async def _refuse(self, interaction: discord.Interaction[Any], error: R2VError) -> None:
         """An ephemeral refusal as the interaction's first answer."""

@@ -108,13 +108,16 @@ class SlackAdapter:
             self.client, group=settings.slack_admin_group, ttl=admin_cache_seconds
         )
         # process_before_response: the listeners below only acknowledge, so Slack gets its
-        # answer as soon as they return, in HTTP and Socket Mode alike.
+        # answer as soon as they return, in HTTP and Socket Mode alike. The signature is
+        # checked once, by ``_events`` on the raw bytes, before anything parses the body; Bolt
+        # need not check it again (Socket Mode requests carry none).
         self._verifier = SignatureVerifier(secret.get_secret_value()) if secret else None
         self._bolt = AsyncApp(
             name="r2v",
             client=self.client,
             signing_secret=secret.get_secret_value() if secret is not None else "",
             process_before_response=True,
+            request_verification_enabled=False,
         )
         self._bolt.command(SLASH_COMMAND)(self._on_command)
         self._bolt.shortcut(SAVE_SHORTCUT)(self._on_shortcut)
@@ -247,7 +250,7 @@ class SlackAdapter:
         except Exception:
             log.exception("Slack: /r2v %s failed", command.name)
             reply = Reply("Something went wrong on our side; please try again.", "internal_error")
-        await respond(text=_with_file(reply), response_type="ephemeral")
+        await respond(text=await _with_file(reply), response_type="ephemeral")
 
     # -- the character form ------------------------------------------------------------------
 
@@ -345,12 +348,12 @@ class SlackAdapter:
     # -- answering ---------------------------------------------------------------------------
 
     async def _respond(self, respond: AsyncRespond, reply: Reply) -> None:
-        await respond(text=_with_file(reply), response_type="ephemeral")
+        await respond(text=await _with_file(reply), response_type="ephemeral")
 
     async def _tell(self, channel: str, user: str, reply: Reply) -> None:
         """Only ``user`` sees it: in the channel, or in the bot's DM where the bot cannot post
         in that channel (a private channel it is not in)."""
-        text = _with_file(reply)
+        text = await _with_file(reply)
         if channel:
             try:
                 await self.client.chat_postEphemeral(channel=channel, user=user, text=text)
@@ -496,7 +499,7 @@ def _thread(job: Job) -> str | None:
     return job.destination.thread_id or job.destination.status_message_id
 
 
-def _with_file(reply: Reply) -> str:
+async def _with_file(reply: Reply) -> str:
     """A reply's text; a file that goes with it (a roster export) becomes its signed link, as
     an answer only its asker sees cannot carry a file on Slack."""
-    return reply_text(reply) + file_or_link(reply, upload_limit=0)[1]
+    return reply_text(reply) + (await file_or_link(reply, upload_limit=None))[1]
