@@ -87,8 +87,14 @@ async def build(
     """
     stack = AsyncExitStack()
     try:
+        workdir = settings.data_dir / "tmp"
+        # One budget for every decode in this process (R2V_MEDIA_MEMORY_MB), and decoded
+        # images' memory returned when they are closed.
+        return_decoded_memory()
+        limits = MediaLimits(memory=MemoryBudget(settings.media_memory_mb * 1024 * 1024))
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        if sqlite_path(settings.database_url, settings.data_dir) is not None:
+        alone = sqlite_path(settings.database_url, settings.data_dir) is not None
+        if alone:  # SQLite: one process per data folder
             lock = DataFolderLock(settings.data_dir)
             lock.acquire()
             stack.callback(lock.release)
@@ -101,7 +107,9 @@ async def build(
         blobs = await stack.enter_async_context(
             open_blob_store(settings, db.blob_in_use, SqlBlobTrash(db))
         )
-        if left := await asyncio.to_thread(remove_leftovers, settings.data_dir / "tmp"):
+        # Another instance may share a data folder on PostgreSQL: only a folder's one process
+        # may take what is in its temp folder for leftovers.
+        if alone and (left := await asyncio.to_thread(remove_leftovers, workdir)):
             log.info("removed %d temp files a stopped save left behind", len(left))
         client = await stack.enter_async_context(
             httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
@@ -121,7 +129,7 @@ async def build(
             return http.local_url if http is not None and provider == "storyboard" else None
 
         jobs = SqlJobStore(db)
-        if db.dialect == "sqlite":
+        if alone:
             await jobs.forget_leases()  # the folder lock says no other process is alive
         engine = JobEngine(
             jobs,
@@ -141,7 +149,8 @@ async def build(
                 max_result_bytes=settings.max_result_bytes,
             ),
             webhook_base=webhook_base,
-            workdir=settings.data_dir / "tmp",
+            workdir=workdir,
+            memory=limits.memory,
             metrics=metrics,
         )
         stack.push_async_callback(engine.close)
@@ -151,7 +160,7 @@ async def build(
                 # A load balancer stops sending here while the instance hands its jobs over.
                 return {"ok": False, "draining": True, "instance": engine.instance_id}
             try:
-                open_jobs = len(await SqlJobStore(db).open_jobs())
+                open_jobs = len(await jobs.open_jobs())
             except Exception:
                 return {"ok": False, "database": False}
             return {
@@ -169,15 +178,17 @@ async def build(
 
         hours = settings.gallery_link_hours
         people = SqlPeopleStore(db)
+        characters = SqlCharacterStore(db)
         gallery = gallery_links(links.signer, page_base, hours)
         exports = export_links(links.signer, page_base, hours)
         pages = gallery_routes(
-            Gallery(SqlCharacterStore(db), SqlJobStore(db), display_names=people.names),
+            Gallery(characters, jobs, display_names=people.names),
             gallery,
             blobs,
-            Thumbnails(settings.data_dir / "thumbnails"),
+            Thumbnails(settings.data_dir / "thumbnails", memory=limits.memory),
             exports,
             settings.outbox_dir,
+            remote,
         )
         web_app = build_app(
             engine,
@@ -191,13 +202,8 @@ async def build(
         stack.push_async_callback(http.close)
         log.info("HTTP server listening on %s", http.local_url)
 
-        workdir = settings.data_dir / "tmp"
-        # One budget for every decode in this process (R2V_MEDIA_MEMORY_MB), and decoded
-        # images' memory returned when they are closed.
-        return_decoded_memory()
-        limits = MediaLimits(memory=MemoryBudget(settings.media_memory_mb * 1024 * 1024))
         roster = Roster(
-            SqlCharacterStore(db),
+            characters,
             blobs,
             workdir,
             max_per_server=settings.max_characters_per_server,
@@ -214,10 +220,11 @@ async def build(
             media_by_url=presign is not None,
             prompt_filter=PromptFilter.from_file(settings.prompt_blocklist),
             archive=Archive(
-                SqlCharacterStore(db),
+                characters,
                 blobs,
                 workdir,
                 settings.outbox_dir,
+                limits=limits,
                 max_per_server=settings.max_characters_per_server,
                 keep_exports_seconds=hours * 3600,
             ),

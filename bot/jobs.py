@@ -48,6 +48,7 @@ from bot.errors import (
     StorageUnavailable,
     WebhookRejected,
 )
+from bot.memory import MemoryBudget
 from bot.models import Actor, Destination, Job, JobSpec, JobState, MediaKind, OpenJob
 from bot.ports import (
     BEFORE_BILLABLE_REQUEST,
@@ -75,8 +76,6 @@ PROGRESS_EDIT_SECONDS = 2.0
 
 #: What a dry run, /settings and ``r2v doctor`` say of a provider without a known price.
 PRICE_UNKNOWN = "price unknown: the daily budget cannot limit it"
-
-OPEN_STATES = frozenset({JobState.SUBMITTED, JobState.RUNNING, JobState.DELIVERING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +165,7 @@ class JobEngine:
         limits: EngineLimits | None = None,
         webhook_base: Callable[[str], str | None] = lambda provider: None,
         workdir: Path | None = None,
+        memory: MemoryBudget | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -180,6 +180,8 @@ class JobEngine:
         self._limits = limits or EngineLimits()
         self._webhook_base = webhook_base
         self._workdir = workdir or Path(tempfile.gettempdir()) / "r2v-fitting"
+        #: The process's decode budget: fitting references decodes images too.
+        self._memory = memory
         self._metrics = metrics or NoMetrics()
         self._clock = clock
         self._drivers: dict[str, asyncio.Task[None]] = {}
@@ -556,7 +558,6 @@ class JobEngine:
 
     async def _drive(self, job_id: str) -> None:
         backoff = TRANSIENT_FIRST_SECONDS
-        job = None
         try:
             while True:
                 try:
@@ -627,7 +628,7 @@ class JobEngine:
                 job.id,
                 f"the bot stopped while handing this job to {job.provider}, which may have "
                 "taken it; it was not sent again, so that it is not paid for twice. "
-                "Use /generate again.",
+                f"Use {command_ref('generate')} again.",
             )
         errors: list[str] = []
         for name in (job.provider, *job.spec.fallbacks):
@@ -657,8 +658,7 @@ class JobEngine:
                 if exc.auth:
                     # The bot's configuration: never retried nor moved on, and nothing was
                     # charged (the job ends without a task id, which usage leaves out).
-                    self._rejected_keys[name] = exc.message
-                    self._metrics.key_rejected(name)
+                    self._key_rejected(name, exc.message)
                     return await self._fail(
                         job.id, f"{exc.message} This video was not made and is not charged."
                     )
@@ -678,6 +678,12 @@ class JobEngine:
                     await provider.cancel(task_id)
             return moved
         return await self._fail(job.id, "no provider could take the job: " + "; ".join(errors))
+
+    def _key_rejected(self, provider: str, message: str) -> None:
+        """Remember a rejected key (commands for the provider are refused until a restart with
+        a new one) and count it."""
+        self._rejected_keys[provider] = message
+        self._metrics.key_rejected(provider)
 
     def _resubmit_is_safe(self, job: Job) -> bool:
         provider = self._providers.get(job.provider)
@@ -749,7 +755,12 @@ class JobEngine:
     ) -> tuple[str, str]:
         """The blob as the provider may take it: itself, or a fitted copy kept with the job."""
         fitted = await fitting.fit_reference(
-            await self._blobs.local_path(blob), kind, mime, capabilities, self._workdir
+            await self._blobs.local_path(blob),
+            kind,
+            mime,
+            capabilities,
+            self._workdir,
+            memory=self._memory,
         )
         if fitted is None:
             return blob, mime
@@ -778,8 +789,7 @@ class JobEngine:
             status = await provider.status(job.task_id)
         except ProviderError as exc:
             if exc.auth:
-                self._rejected_keys[job.provider] = exc.message
-                self._metrics.key_rejected(job.provider)
+                self._key_rejected(job.provider, exc.message)
             if not exc.retryable:
                 return await self._fail(job.id, exc.message)
             log.info("job %s: status look-up failed, will retry: %s", job.id, exc)
@@ -790,7 +800,7 @@ class JobEngine:
     async def _apply(self, job: Job, provider: Provider, status: TaskStatus) -> Job | None:
         if status.cost is not None and status.cost != job.cost_estimate:
             # The provider's real charge: the budget (a sum of cost_estimate) counts it instead.
-            job = await self._store.update(job.id, cost_estimate=status.cost)
+            job = await self._update(job.id, cost_estimate=status.cost)
         if status.state is TaskState.SUCCEEDED:
             with self._side_effect(job.id):
                 return await self._fetch(job, provider, status)

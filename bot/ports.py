@@ -102,10 +102,6 @@ class Capabilities:
         low, high = self.durations_for(has_video)
         return low <= seconds <= high and (self.durations is None or seconds in self.durations)
 
-    def per_kind_limits(self) -> list[tuple[MediaKind, int]]:
-        limits = [(MediaKind.IMAGE, self.max_images), (MediaKind.VIDEO, self.max_videos)]
-        return [(kind, most) for kind, most in limits if most is not None]
-
     def kind_range(self, kind: MediaKind) -> tuple[int, int | None]:
         """How many references of ``kind`` the provider takes: at least, at most (``None``:
         only ``max_references`` bounds it)."""

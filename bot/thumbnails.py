@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
@@ -18,6 +19,7 @@ import av
 from PIL import Image, ImageOps
 
 from bot.media import DEMUXERS, IMAGE_READERS
+from bot.memory import MemoryBudget, held, image_cost
 from bot.models import MediaKind
 
 #: The longest side of a thumbnail, in pixels: sharp on a phone's 2× screen at 160 CSS pixels.
@@ -27,20 +29,29 @@ POSTER_AT_S: Final = 0.5
 
 
 class Thumbnails:
-    def __init__(self, cache_dir: Path, side: int = THUMB_SIDE) -> None:
+    def __init__(
+        self, cache_dir: Path, side: int = THUMB_SIDE, *, memory: MemoryBudget | None = None
+    ) -> None:
         self._dir = cache_dir
         self._side = side
+        self._memory = memory
 
-    async def get(self, blob: str, source: Path, kind: MediaKind, mime: str) -> Path:
-        """The thumbnail of ``blob`` (whose bytes are at ``source``), made when missing."""
+    async def get(
+        self, blob: str, source: Callable[[], Awaitable[Path]], kind: MediaKind, mime: str
+    ) -> Path:
+        """The thumbnail of ``blob``, made when missing from the file ``source`` gives (asked
+        for only then: from an object store it is a download)."""
         target = self._dir / f"{blob}-{self._side}.jpg"
         if await asyncio.to_thread(target.is_file):
             return target
-        await asyncio.to_thread(self._make, source, kind, mime, target)
+        await asyncio.to_thread(self._make, await source(), kind, mime, target)
         return target
 
     def _make(self, source: Path, kind: MediaKind, mime: str, target: Path) -> None:
-        picture = _poster(source, mime) if kind is MediaKind.VIDEO else _still(source, mime)
+        if kind is MediaKind.VIDEO:
+            picture = _poster(source, mime)
+        else:
+            picture = _still(source, mime, self._side, self._memory)
         with picture:
             picture.thumbnail((self._side, self._side))
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -54,10 +65,16 @@ class Thumbnails:
                 raise
 
 
-def _still(source: Path, mime: str) -> Image.Image:
+def _still(source: Path, mime: str, side: int, memory: MemoryBudget | None) -> Image.Image:
+    """The image at thumbnail size, decoded within the process's decode budget (an 8000×8000
+    picture is 244 MiB decoded, and a gallery page asks for many thumbnails at once)."""
     with IMAGE_READERS[mime](str(source)) as image:
-        image.load()
-        return ImageOps.exif_transpose(image).copy()
+        width, height = image.size
+        with held(memory, image_cost(width, height, image.mode, copies=2)):
+            image.load()
+            picture = ImageOps.exif_transpose(image).copy()
+            picture.thumbnail((side, side))
+            return picture
 
 
 def _poster(source: Path, mime: str) -> Image.Image:

@@ -23,6 +23,7 @@ import json
 import re
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote, urlencode
@@ -30,7 +31,7 @@ from urllib.parse import quote, urlencode
 import jinja2
 from aiohttp import web
 
-from adapters.http.media import Signer
+from adapters.http.media import RemoteBlobs, Signer, serve_blob
 from bot.gallery import Gallery, ServedFile
 from bot.models import MediaKind
 from bot.ports import BlobStore
@@ -183,8 +184,10 @@ def gallery_routes(
     thumbnails: Thumbnails,
     exports: SignedLinks | None = None,
     exports_dir: Path | None = None,
+    remote: RemoteBlobs | None = None,
 ) -> list[web.RouteDef]:
-    """The gallery's routes, and the export downloads when an exports folder is given."""
+    """The gallery's routes, and the export downloads when an exports folder is given.
+    ``remote`` (an object store) lets files be streamed from it, as ``/media`` does."""
     env = _environment()
 
     def render(name: str, status: int = 200, **values: Any) -> web.Response:
@@ -200,13 +203,13 @@ def gallery_routes(
         token = request.match_info["token"]
         return links.check(token), f"/gallery/{token}"
 
-    async def shown_file(request: web.Request) -> tuple[ServedFile, Path]:
+    async def shown_file(request: web.Request) -> ServedFile:
         server, _ = server_of(request)
         blob = request.match_info["blob"]
         served = await gallery.file(server, blob) if _BLOB.fullmatch(blob) else None
         if served is None:
             raise LinkRefused(NOT_SHOWN)
-        return served, await blobs.local_path(served.blob)
+        return served
 
     async def index(request: web.Request) -> web.StreamResponse:
         server, base = server_of(request)
@@ -237,10 +240,12 @@ def gallery_routes(
         return render("character.html", base=base, card=card, MediaKind=MediaKind)
 
     async def thumbnail(request: web.Request) -> web.StreamResponse:
-        served, source = await shown_file(request)
+        served = await shown_file(request)
         if served.kind is MediaKind.VOICE:
             raise LinkRefused(NOT_SHOWN)
-        picture = await thumbnails.get(served.blob, source, served.kind, served.mime)
+        picture = await thumbnails.get(
+            served.blob, partial(blobs.local_path, served.blob), served.kind, served.mime
+        )
         return web.FileResponse(
             picture,
             headers={
@@ -251,15 +256,9 @@ def gallery_routes(
         )
 
     async def file(request: web.Request) -> web.StreamResponse:
-        served, source = await shown_file(request)
-        return web.FileResponse(
-            source,
-            headers={
-                **_HEADERS,
-                "Content-Type": served.mime,
-                "Cache-Control": _KEEP_HOUR,
-            },
-        )
+        served = await shown_file(request)
+        headers = {**_HEADERS, "Content-Type": served.mime, "Cache-Control": _KEEP_HOUR}
+        return await serve_blob(request, served.blob, headers, blobs.local_path, remote)
 
     async def export(request: web.Request) -> web.StreamResponse:
         assert exports is not None and exports_dir is not None

@@ -182,22 +182,35 @@ def media_route(
             raise web.HTTPNotFound()
         blob, mime = named
         headers = {"Content-Type": mime, "Cache-Control": "private, max-age=300"}
-        try:
-            path = await remote.cached_path(blob) if remote is not None else None
-            if remote is not None and path is None:
-                return await _stream(request, remote, blob, headers)
-            path = path or await local_path(blob)
-        except FileNotFoundError:
-            raise web.HTTPNotFound() from None
-        except StorageUnavailable as exc:
-            raise web.HTTPServiceUnavailable(
-                text=exc.message, headers={"Retry-After": "30"}
-            ) from None
-        if not await asyncio.to_thread(path.is_file):
-            raise web.HTTPNotFound()
-        return await prepared_for_ranges(web.FileResponse(path, headers=headers), request)
+        return await serve_blob(request, blob, headers, local_path, remote)
 
     return web.get("/media/{token}", serve)
+
+
+async def serve_blob(
+    request: web.Request,
+    blob: str,
+    headers: dict[str, str],
+    local_path: Callable[[str], Awaitable[Path]],
+    remote: RemoteBlobs | None = None,
+) -> web.StreamResponse:
+    """A blob's bytes with ``headers`` and Range support: this instance's copy, else (an
+    object store) streamed from the store as it comes. 404 when gone, 503 when the store is
+    down."""
+    try:
+        if remote is not None:
+            path = await remote.cached_path(blob)
+            if path is None:
+                return await _stream(request, remote, blob, headers)
+        else:
+            path = await local_path(blob)
+    except FileNotFoundError:
+        raise web.HTTPNotFound() from None
+    except StorageUnavailable as exc:
+        raise web.HTTPServiceUnavailable(text=exc.message, headers={"Retry-After": "30"}) from None
+    if not await asyncio.to_thread(path.is_file):
+        raise web.HTTPNotFound()
+    return await prepared_for_ranges(web.FileResponse(path, headers=headers), request)
 
 
 async def _stream(
