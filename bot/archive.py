@@ -25,7 +25,7 @@ import shutil
 import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -248,17 +248,17 @@ class Archive:
         except Refusal as exc:
             raise Refusal(f"{where}: {exc.message}", code=exc.code) from None
         try:
-            same = await asyncio.to_thread(_sha256, checked.path) == entry.sha256
-            if not same and checked.info.kind is MediaKind.IMAGE:
-                clean = await asyncio.to_thread(media.is_clean_image, raw, checked.info.mime)
-                if clean:  # its own bytes are pixels alone: keep them, and so their hash
-                    await asyncio.to_thread(shutil.copyfile, raw, checked.path)
-                    size = (await asyncio.to_thread(checked.path.stat)).st_size
-                    info = checked.info
-                    checked = media.CheckedFile(
-                        checked.path,
-                        type(info)(info.kind, info.mime, size, info.width, info.height),
-                    )
+            # Videos and voices are kept byte for byte (their hash was checked on the way out);
+            # an image is saved again, so its bytes may differ from the export's.
+            if (
+                checked.info.kind is MediaKind.IMAGE
+                and await asyncio.to_thread(_sha256, checked.path) != entry.sha256
+                and await asyncio.to_thread(media.is_clean_image, raw, checked.info.mime)
+            ):
+                # Its own bytes are pixels alone: keep them, and so their hash.
+                await asyncio.to_thread(shutil.copyfile, raw, checked.path)
+                size = (await asyncio.to_thread(checked.path.stat)).st_size
+                checked = media.CheckedFile(checked.path, replace(checked.info, size=size))
         finally:
             await asyncio.to_thread(_remove, [raw])
         return checked
@@ -507,7 +507,7 @@ def _extract(
             code="invalid_media",
         )
     workdir.mkdir(parents=True, exist_ok=True)
-    target = workdir / f"import-{entry.sha256[:16]}-{time.monotonic_ns()}.part"
+    target = workdir / f"{media.IMPORT_PREFIX}{entry.sha256[:16]}-{time.monotonic_ns()}.part"
     digest = hashlib.sha256()
     count = 0
     try:

@@ -26,7 +26,7 @@ MAX_SEED = 2_147_483_647
 #: ``@@`` (a literal ``@``) or a mention. A mention is not preceded by a word character, so an
 #: address such as ``me@example.com`` is left alone. The name is read to its end even past the
 #: 32 characters a name may have: a longer one is then refused as unknown instead of being cut.
-_TOKEN = re.compile(r"@@|(?<!\w)@(?P<name>[A-Za-z][A-Za-z0-9_-]*)")
+MENTION = re.compile(r"@@|(?<!\w)@(?P<name>[A-Za-z][A-Za-z0-9_-]*)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +249,7 @@ def _read_mentions(
     faceless: list[str] = []
 
     position = 0
-    for match in _TOKEN.finditer(prompt):
+    for match in MENTION.finditer(prompt):
         pieces.append(prompt[position : match.start()])
         position = match.end()
         name = match.group("name")

@@ -11,22 +11,19 @@ It reads through the store ports only; the HTTP adapter renders it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Generic, TypeVar
+from typing import Final
 
+from bot.compose import MENTION
 from bot.models import Character, CharacterMedia, Job, MediaKind, Visibility
 from bot.names import name_key
+from bot.paging import Paged, page_of
 from bot.ports import CharacterStore, JobStore
-
-T = TypeVar("T")
 
 PAGE_SIZE: Final = 24
 #: How many of a server's latest videos the page (and its filter) looks through.
 RECENT_VIDEOS: Final = 1000
-#: A mention in a prompt, as the composer reads it (``@@`` is a literal ``@``).
-_MENTION = re.compile(r"@@|(?<!\w)@(?P<name>[A-Za-z][A-Za-z0-9_-]*)")
 
 #: Owners' display names by user id, for a server (ids not known are left out).
 DisplayNames = Callable[[str, Sequence[str]], Awaitable[Mapping[str, str]]]
@@ -69,14 +66,6 @@ class VideoCard:
 
 
 @dataclass(frozen=True, slots=True)
-class Paged(Generic[T]):
-    items: tuple[T, ...]
-    number: int
-    pages: int
-    total: int
-
-
-@dataclass(frozen=True, slots=True)
 class GalleryPage:
     roster: Paged[CharacterCard]
     videos: Paged[VideoCard]
@@ -93,13 +82,6 @@ class ServedFile:
     blob: str
     mime: str
     kind: MediaKind
-
-
-def page_of(items: Sequence[T], number: int, size: int = PAGE_SIZE) -> Paged[T]:
-    pages = max(1, -(-len(items) // size))
-    number = min(max(number, 1), pages)
-    start = (number - 1) * size
-    return Paged(tuple(items[start : start + size]), number, pages, len(items))
 
 
 class Gallery:
@@ -127,11 +109,11 @@ class Gallery:
         if character:
             chosen = next((c for c in public if name_key(c.name) == name_key(character)), None)
             videos = [] if chosen is None else [v for v in videos if _features(v, chosen)]
-        roster = page_of(public, roster_page)
+        roster = page_of(public, roster_page, PAGE_SIZE)
         cards = await self._cards(server_id, roster.items)
         return GalleryPage(
             roster=Paged(cards, roster.number, roster.pages, roster.total),
-            videos=_as_cards(page_of(videos, page), public),
+            videos=_as_cards(page_of(videos, page, PAGE_SIZE), public),
             character=chosen.name if chosen else None,
             names=tuple(c.name for c in public),
         )
@@ -237,7 +219,7 @@ def link_mentions(prompt: str, names: Mapping[str, str]) -> tuple[PromptPiece, .
     """Cut a prompt into text and mentions of the public characters ``names`` (by name key)."""
     pieces: list[PromptPiece] = []
     position = 0
-    for match in _MENTION.finditer(prompt):
+    for match in MENTION.finditer(prompt):
         name = match.group("name")
         if name is None or name_key(name) not in names:
             continue

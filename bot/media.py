@@ -260,7 +260,9 @@ async def inspect_result(path: Path) -> MediaInfo:
 
 
 #: How the temp files of saves and fitting begin (``bot.fitting`` names its own ``fitted-``).
-TEMP_PREFIXES: Final = ("incoming-", "fitted-")
+#: How an import names the files it copies out of a ZIP (removed at start when left over).
+IMPORT_PREFIX: Final = "import-"
+TEMP_PREFIXES: Final = ("incoming-", "fitted-", IMPORT_PREFIX)
 
 
 #: Bytes read at a time from a local file handed to ``check_file``.

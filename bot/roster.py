@@ -22,6 +22,7 @@ from bot.commands import user_id_of
 from bot.errors import Refusal
 from bot.models import Actor, Character, CharacterMedia, IncomingFile, MediaKind, Visibility
 from bot.names import check_name, name_key, suggest, unknown_character
+from bot.paging import page_of
 from bot.ports import BlobStore, CharacterStore
 
 PER_CHARACTER = {MediaKind.IMAGE: 3, MediaKind.VIDEO: 1, MediaKind.VOICE: 1}
@@ -96,10 +97,8 @@ class Roster:
         owner_id = user_id_of(owner) if owner else None
         everyone = await self._store.list(actor.server_key, owner_id=owner_id)
         visible = [c for c in everyone if self.can_see(actor, c)]
-        pages = max(1, -(-len(visible) // PAGE_SIZE))
-        number = min(max(number, 1), pages)
-        start = (number - 1) * PAGE_SIZE
-        return Page(tuple(visible[start : start + PAGE_SIZE]), number, pages, len(visible))
+        paged = page_of(visible, number, PAGE_SIZE)
+        return Page(paged.items, paged.number, paged.pages, paged.total)
 
     # -- changing --------------------------------------------------------------------------
 
