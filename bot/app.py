@@ -316,25 +316,27 @@ def media_links(settings: Settings, ttl_seconds: int, presign: Presign | None = 
     """Signed ``/media`` links: under ``R2V_SECRET`` when set (any instance checks them), else
     under the key kept in the data folder; with ``presign``, an object store's own links for
     providers."""
-    if settings.secret is not None:
-        secret = settings.secret.get_secret_value().encode()
-    else:
-        secret = load_or_create_secret(settings.data_dir / "secrets" / "media.key").encode()
+    secret = _secret(settings, "media.key")
     return MediaLinks(secret, settings.public_url, ttl_seconds=ttl_seconds, presign=presign)
 
 
 def shared_secret(settings: Settings, dialect: str) -> bytes:
     """The secret every instance shares (webhook tokens): ``R2V_SECRET``, or on SQLite (one
     instance) one made and kept in the data folder."""
-    if settings.secret is not None:
-        return settings.secret.get_secret_value().encode()
-    if dialect != "sqlite":
+    if settings.secret is None and dialect != "sqlite":
         raise ConfigurationError(
             "R2V_SECRET is not set: with PostgreSQL every instance must share one secret (it "
             "signs webhook tokens). Set it to the same long random string on every instance, "
             "e.g. the output of: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )
-    return load_or_create_secret(settings.data_dir / "secrets" / "instance.key").encode()
+    return _secret(settings, "instance.key")
+
+
+def _secret(settings: Settings, file_name: str) -> bytes:
+    """``R2V_SECRET``, else the key kept under that name in the data folder (made once)."""
+    if settings.secret is not None:
+        return settings.secret.get_secret_value().encode()
+    return load_or_create_secret(settings.data_dir / "secrets" / file_name).encode()
 
 
 def default_instance_id() -> str:

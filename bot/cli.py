@@ -8,8 +8,9 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from bot import __version__
 from bot.errors import ConfigurationError, StorageUnavailable
@@ -86,20 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "db":
         from bot.app import run_db
 
-        try:
-            return asyncio.run(run_db(settings, args.action))
-        except (ConfigurationError, StorageUnavailable) as exc:
-            print(f"r2v: {exc.message}", file=sys.stderr)
-            return 2
+        return _run(run_db(settings, args.action))
     if command == "run":
         if settings.chat_platforms:
             from bot.app import run_bot
 
-            try:
-                return asyncio.run(run_bot(settings))
-            except (ConfigurationError, StorageUnavailable) as exc:
-                print(f"r2v: {exc.message}", file=sys.stderr)
-                return 2
+            return _run(run_bot(settings))
         args = _parser().parse_args(["console"])
     return _run_console(settings, args)
 
@@ -134,17 +127,23 @@ def _configure_logging(settings: Settings) -> None:
 def _run_console(settings: Settings, args: argparse.Namespace) -> int:
     from bot.app import run_console
 
-    try:
-        return asyncio.run(
-            run_console(
-                settings,
-                server=args.server,
-                user=args.user,
-                admin=args.admin,
-                as_json=args.json,
-                wait=not args.no_wait,
-            )
+    return _run(
+        run_console(
+            settings,
+            server=args.server,
+            user=args.user,
+            admin=args.admin,
+            as_json=args.json,
+            wait=not args.no_wait,
         )
+    )
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """Run a command to its exit status; a set-up that is wrong, or storage that cannot be
+    reached, is one line on stderr and status 2, not a traceback."""
+    try:
+        return asyncio.run(main)
     except KeyboardInterrupt:
         return 130
     except (ConfigurationError, StorageUnavailable) as exc:
