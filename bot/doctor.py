@@ -44,7 +44,7 @@ def _encode_h264() -> str:
 
 
 async def checks(settings: Settings) -> list[Check]:
-    from storage.database import migrations_for, open_database
+    from storage.database import migrations_for, open_database, sqlite_path
 
     results: list[Check] = []
     data = settings.data_dir
@@ -57,7 +57,7 @@ async def checks(settings: Settings) -> list[Check]:
         )
     )
     if ok:
-        where = settings.database_url or str(settings.database_path)
+        where = settings.database_url or str(sqlite_path(None, settings.data_dir))
         try:
             db = await open_database(settings.database_url, settings.data_dir, migrate=False)
             try:
@@ -121,14 +121,11 @@ async def checks(settings: Settings) -> list[Check]:
     return results
 
 
-async def _nothing_referenced(blob: str) -> bool:
-    return False
-
-
 async def _blob_check(settings: Settings) -> Check:
     """``R2V_BLOB_URL``: the folder is writable, or the bucket exists and our keys may write,
     read and remove an object in it."""
     from storage.blob_stores import blob_folder, open_blob_store
+    from storage.blobs import never_referenced
     from storage.s3 import S3BlobStore
 
     try:
@@ -141,7 +138,7 @@ async def _blob_check(settings: Settings) -> Check:
                 else "NOT writable — set R2V_BLOB_URL to a folder the bot may write to"
             )
             return Check(ok, f"blob folder {folder} is {state}")
-        async with open_blob_store(settings, _nothing_referenced) as store:
+        async with open_blob_store(settings, never_referenced) as store:
             assert isinstance(store, S3BlobStore)
             await store.probe()
     except R2VError as exc:

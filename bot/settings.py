@@ -307,11 +307,10 @@ class Settings(BaseSettings):
         """One worker's URL or several, comma-separated; each checked as an http(s) URL."""
         if value is None or not value.strip():
             return None
-        urls = [url.strip() for url in value.split(",") if url.strip()]
-        checked = [cls._http_url(url) for url in urls]
+        checked = [cls._http_url(url) or "" for url in _names(value)]
         if len(set(checked)) != len(checked):
             raise ValueError("a URL is listed twice")
-        return ",".join(url for url in checked if url)
+        return ",".join(checked)
 
     @property
     def local_urls(self) -> tuple[str, ...]:
@@ -339,8 +338,7 @@ class Settings(BaseSettings):
     def _providers(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        names = [p.strip().lower() for p in value.split(",") if p.strip()]
-        unknown = [n for n in names if n not in KNOWN_PROVIDERS]
+        unknown = [n for n in _names(value.lower()) if n not in KNOWN_PROVIDERS]
         if unknown:
             raise ValueError(f"unknown provider {', '.join(unknown)}")
         return value
@@ -373,10 +371,6 @@ class Settings(BaseSettings):
         return level
 
     @property
-    def database_path(self) -> Path:
-        return self.data_dir / "r2v.sqlite3"
-
-    @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
 
@@ -400,7 +394,7 @@ class Settings(BaseSettings):
     def provider_order(self) -> list[str]:
         """Providers to try in order: ``R2V_PROVIDER``, else the first keyed, else storyboard."""
         if self.provider:
-            return [p.strip().lower() for p in self.provider.split(",") if p.strip()]
+            return _names(self.provider.lower())
         return self.configured_providers[:1] or ["storyboard"]
 
     @property

@@ -19,15 +19,10 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, suppress
 from pathlib import Path
 
-from storage.blobs import FileBlobStore, FileBlobWriter
+from storage.blobs import FileBlobStore, FileBlobWriter, never_referenced
 
 #: How long a file handed out (or just written) is spared by eviction, in seconds.
 KEEP_RECENT_SECONDS = 600.0
-
-
-async def _never_referenced(blob: str) -> bool:
-    """The cache holds copies: whether a blob is in use is the object store's question."""
-    return False
 
 
 class BlobCache:
@@ -41,7 +36,7 @@ class BlobCache:
         keep_recent: float = KEEP_RECENT_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.files = FileBlobStore(root, _never_referenced)
+        self.files = FileBlobStore(root, never_referenced)
         self._max_bytes = max_bytes
         self._keep_recent = keep_recent
         self._clock = clock

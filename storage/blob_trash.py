@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
-from storage.sql import BLOB_IN_USE_SQL, SqlDatabase
+from storage.sql import IN_USE, SqlDatabase
 
 
 class SqlBlobTrash:
@@ -48,16 +48,12 @@ class SqlBlobTrash:
         unused. Their rows stay locked until the block ends, and go only if it ends cleanly."""
         async with self._db.transaction() as tx:
             rows = await tx.fetchall(
-                "SELECT blob FROM blob_trash WHERE since < ? ORDER BY since LIMIT ?"
-                " FOR UPDATE SKIP LOCKED",
+                f"SELECT blob, {IN_USE.format(blob='blob_trash.blob')} AS used FROM blob_trash"
+                " WHERE since < ? ORDER BY since LIMIT ? FOR UPDATE SKIP LOCKED",
                 (self._clock() - grace_seconds, limit),
             )
             taken = [row["blob"] for row in rows]
-            unused = []
-            for blob in taken:
-                used = await tx.fetchone(BLOB_IN_USE_SQL, (blob, blob))
-                if not (used and used[0]):
-                    unused.append(blob)
+            unused = [row["blob"] for row in rows if not row["used"]]
             yield unused
             await tx.executemany(
                 "DELETE FROM blob_trash WHERE blob = ?", [(blob,) for blob in taken]

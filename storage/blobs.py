@@ -152,6 +152,11 @@ class FileBlobWriter:
         self._file.close()
 
 
+async def never_referenced(blob: str) -> bool:
+    """For a store whose blobs are copies (a cache) or a trial (doctor): nothing holds them."""
+    return False
+
+
 class FileBlobStore:
     """Blobs under ``root``. ``is_referenced`` answers whether a blob is still in use (the
     database's ``blob_in_use``); it is asked before any blob is removed.

@@ -15,6 +15,7 @@ with the version bump, so a failed migration leaves the database exactly as it w
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import sqlite3
@@ -27,7 +28,8 @@ import aiosqlite
 from bot.errors import ConfigurationError, StorageUnavailable
 from bot.wakeups import LocalWakeups
 from storage.migrations import SQLITE_MIGRATIONS
-from storage.sql import BLOB_IN_USE_SQL, Outcome, Params, Row
+from storage.sql import Outcome, Params, Row
+from storage.sql import blob_in_use as refers_to
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ _TRANSIENT_MESSAGES = (
 )
 
 
+@functools.lru_cache(maxsize=512)
 def _sqlite_sql(sql: str) -> str:
     """SQLite locks the whole database for a write transaction: row locks are moot there."""
     return _SKIP_LOCKED.sub("", sql)
@@ -264,8 +267,7 @@ class Database:
 
     async def blob_in_use(self, blob: str) -> bool:
         """Whether a character's media or a job still refers to the blob (the blob store asks)."""
-        row = await self.fetchone(BLOB_IN_USE_SQL, (blob, blob))
-        return bool(row and row[0])
+        return await refers_to(self, blob)
 
     async def notify(self, payload: str) -> None:
         """One process per SQLite database: a notification goes to this process's listeners."""

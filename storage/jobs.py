@@ -375,8 +375,7 @@ class SqlJobStore:
                 f"UPDATE jobs SET {_assignments(values)} WHERE id = ?", (*values.values(), job_id)
             )
             row = await tx.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        if row is None:
-            raise LookupError(f"no job with id {job_id}")
+        assert row is not None  # locked above, in this transaction
         return _job_from_row(row)
 
     # -- leases ------------------------------------------------------------------------------

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
 from bot.errors import ConfigurationError, StorageUnavailable
 from bot.wakeups import LocalWakeups
 from storage.migrations import POSTGRES_MIGRATIONS
-from storage.sql import BLOB_IN_USE_SQL, Outcome, Params, Row
+from storage.sql import Outcome, Params, Row
+from storage.sql import blob_in_use as refers_to
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,7 @@ CHANNEL = "r2v_jobs"
 MIGRATION_LOCK = 7_202_611_001
 
 
+@functools.lru_cache(maxsize=512)
 def numbered(sql: str) -> str:
     """``?`` placeholders as ``$1, $2…``, leaving question marks inside quotes alone."""
     out: list[str] = []
@@ -269,8 +273,7 @@ class PostgresDatabase:
                 return await PostgresTx(conn, self.where).fetchone(sql, params)
 
     async def blob_in_use(self, blob: str) -> bool:
-        row = await self.fetchone(BLOB_IN_USE_SQL, (blob, blob))
-        return bool(row and row[0])
+        return await refers_to(self, blob)
 
     # -- LISTEN / NOTIFY ---------------------------------------------------------------------
 
@@ -309,10 +312,11 @@ class PostgresDatabase:
 
 
 def _where(dsn: str) -> str:
-    """The DSN fit for messages and logs: no password."""
-    head, _, tail = dsn.rpartition("@")
-    if not head:
-        return dsn
-    scheme, _, userinfo = head.partition("://")
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}@{tail}" if user else f"{scheme}://{tail}"
+    """The DSN fit for messages and logs: no password, and no query (``?password=``,
+    ``sslpassword=`` may ride there)."""
+    parts = urlsplit(dsn)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    user = f"{parts.username}@" if parts.username else ""
+    return f"{parts.scheme}://{user}{host}{parts.path}"

@@ -78,7 +78,18 @@ class SqlDatabase(Protocol):
     async def notify(self, payload: str) -> None: ...
 
 
-BLOB_IN_USE_SQL = (
-    "SELECT EXISTS (SELECT 1 FROM character_media WHERE blob = ?)"
-    " OR EXISTS (SELECT 1 FROM job_blobs WHERE blob = ?)"
+#: Whether anything refers to a blob; ``{blob}`` is the SQL that names it (``?``, a column).
+IN_USE = (
+    "(EXISTS (SELECT 1 FROM character_media WHERE character_media.blob = {blob})"
+    " OR EXISTS (SELECT 1 FROM job_blobs WHERE job_blobs.blob = {blob}))"
 )
+
+
+class _Reads(Protocol):
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None: ...
+
+
+async def blob_in_use(reader: _Reads, blob: str) -> bool:
+    """Whether a character's media or a job still refers to the blob (the blob store asks)."""
+    row = await reader.fetchone("SELECT " + IN_USE.format(blob="?"), (blob, blob))
+    return bool(row and row[0])
