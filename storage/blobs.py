@@ -82,9 +82,10 @@ class FileBlobWriter:
     and written in a worker thread while the next batch arrives, so the event loop never blocks
     on the disk, the download is not paused by it, and at most two batches are in memory."""
 
-    def __init__(self, max_bytes: int, file: BinaryIO) -> None:
+    def __init__(self, max_bytes: int, file: BinaryIO, where: Path) -> None:
         self._max_bytes = max_bytes
         self._file = file
+        self._where = where
         self._hash = hashlib.sha256()
         self._pending: list[bytes] = []
         self._pending_size = 0
@@ -123,9 +124,11 @@ class FileBlobWriter:
             self._writing = asyncio.ensure_future(asyncio.to_thread(self._write_batch, batch))
 
     async def _written(self) -> None:
+        """Wait for the batch in hand; a disk that refused it is ``StorageUnavailable``."""
         writing, self._writing = self._writing, None
         if writing is not None:
-            await writing
+            with disk_faults(self._where):
+                await writing
 
     def _write_batch(self, batch: list[bytes]) -> None:
         for chunk in batch:
@@ -232,7 +235,7 @@ class FileBlobStore:
             fd, name = await asyncio.to_thread(tempfile.mkstemp, dir=self._tmp, suffix=".part")
         temp = Path(name)
         file = os.fdopen(fd, "wb")
-        writer = FileBlobWriter(max_bytes, file)
+        writer = FileBlobWriter(max_bytes, file, self.root)
         try:
             yield writer
             with disk_faults(self.root):

@@ -144,29 +144,6 @@ async def _no_chunks() -> AsyncIterator[bytes]:
         yield chunk
 
 
-class CacheWriter:
-    """The cache's file writer as the ``BlobWriter`` port: a write the disk refuses (full,
-    read-only) is ``StorageUnavailable``, not a bare ``OSError``."""
-
-    def __init__(self, file: FileBlobWriter, fault: Callable[[str, OSError], str]) -> None:
-        self._file = file
-        self._fault = fault
-
-    async def write(self, chunk: bytes) -> None:
-        try:
-            await self._file.write(chunk)
-        except OSError as exc:
-            raise StorageUnavailable(self._fault("writing a blob", exc)) from exc
-
-    @property
-    def size(self) -> int:
-        return self._file.size
-
-    @property
-    def sha256(self) -> str | None:
-        return self._file.sha256
-
-
 class KeyedLock:
     """One ``asyncio.Lock`` per name, dropped when nobody holds or waits for it."""
 
@@ -341,24 +318,17 @@ class S3BlobStore:
 
     async def put_file(self, source: Path) -> str:
         """Copy into the cache while hashing, then upload; the source is left as it was."""
-        blob = await self._local_disk("copying a file", self.cache.put_file(source))
+        blob = await self.cache.put_file(source)
         await self._upload(blob)
         return blob
 
     @asynccontextmanager
-    async def writer(self, max_bytes: int) -> AsyncIterator[CacheWriter]:
-        """Stream into the cache while hashing, then upload; the blob exists (and the writer's
+    async def writer(self, max_bytes: int) -> AsyncIterator[FileBlobWriter]:
+        """Stream into the cache while hashing (a full or read-only cache disk is the file
+        store's ``StorageUnavailable``), then upload; the blob exists (and the writer's
         ``sha256`` is set) once the block exits cleanly."""
-        finished = False
-        try:
-            async with self.cache.writer(max_bytes) as file:
-                writer = CacheWriter(file, self._disk_fault)
-                yield writer
-                finished = True
-        except OSError as exc:
-            if not finished:
-                raise  # the caller's own failure (a cut download), not the disk's
-            raise StorageUnavailable(self._disk_fault("writing a blob", exc)) from exc
+        async with self.cache.writer(max_bytes) as writer:
+            yield writer
         assert writer.sha256 is not None
         await self._upload(writer.sha256)
 
@@ -532,12 +502,9 @@ class S3BlobStore:
                 if _error_code(exc) in _NO_OBJECT:
                     raise FileNotFoundError(f"no blob {blob} in {self.location}") from None
                 raise
-            try:
-                async with self.cache.writer(_ANY_SIZE) as writer, answer["Body"] as body:
-                    async for chunk in body.iter_chunks(CHUNK_BYTES):
-                        await writer.write(chunk)
-            except OSError as exc:
-                raise StorageUnavailable(self._disk_fault("caching a blob", exc)) from exc
+            async with self.cache.writer(_ANY_SIZE) as writer, answer["Body"] as body:
+                async for chunk in body.iter_chunks(CHUNK_BYTES):
+                    await writer.write(chunk)
         if writer.sha256 != blob:
             assert writer.sha256 is not None
             await self.cache.remove(writer.sha256)
@@ -579,20 +546,6 @@ class S3BlobStore:
             f"The object store {self.location} at {self._access.where} cannot be used ({exc}): "
             "start again once it answers, or check AWS_ENDPOINT_URL if the address is wrong."
         )
-
-    def _disk_fault(self, doing: str, exc: OSError) -> str:
-        return (
-            f"The local blob cache {self.cache.files.root} cannot be written ({doing}: "
-            f"{exc.strerror or exc}); jobs keep their state and retry."
-        )
-
-    async def _local_disk(self, doing: str, work: Awaitable[str]) -> str:
-        try:
-            return await work
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise StorageUnavailable(self._disk_fault(doing, exc)) from exc
 
 
 def _read_part(path: Path, offset: int, size: int) -> bytes:
