@@ -68,6 +68,7 @@ from storage.jobs import SqlJobStore
 from storage.postgres import PostgresDatabase
 from storage.sql import SqlDatabase
 from tests.media_factory import make_image, make_video
+from tests.postgres import DEFAULT_URL, drop_schema
 
 #: Generated media is kept here between runs: making it costs more than some benchmarks.
 CACHE_DIR = Path(tempfile.gettempdir()) / "r2v-bench-cache"
@@ -445,9 +446,7 @@ async def bench_bot(
 
 
 #: Where benchmarks find PostgreSQL (each run gets a schema of its own, dropped after).
-BENCH_DATABASE_URL = os.environ.get(
-    "R2V_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
+BENCH_DATABASE_URL = os.environ.get("R2V_BENCH_DATABASE_URL", DEFAULT_URL)
 
 
 @asynccontextmanager
@@ -460,19 +459,13 @@ async def bench_database(root: Path, url: str | None) -> AsyncIterator[SqlDataba
         finally:
             await db.close()
         return
-    import asyncpg
-
     schema = "bench_" + secrets.token_hex(4)
-    pg = await PostgresDatabase.open(url, schema=schema, min_size=2, max_size=10)
+    pg = await PostgresDatabase.open(url, schema=schema)
     try:
         yield pg
     finally:
         await pg.close()
-        conn = await asyncpg.connect(url)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await drop_schema(url, schema)
 
 
 async def until(

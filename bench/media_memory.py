@@ -23,11 +23,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from bench.common import CACHE_DIR, Figure, MiB, Result, RssSampler, main, memory_kib
+from bench.common import Figure, MiB, Result, RssSampler, cached, main, memory_kib
 from bot.fitting import fit_reference
 from bot.memory import MemoryBudget
 from bot.models import MediaKind
 from bot.ports import Capabilities
+from bot.settings import Settings
 from tests.harness import USER, running_bot
 from tests.media_factory import local_file
 
@@ -35,17 +36,15 @@ SIDE = 8000
 COUNT = 5
 TARGET_MIB = 300.0
 TIME_LIMIT = 600.0
-DEFAULT_BUDGET_MB = 512  # R2V_MEDIA_MEMORY_MB's default
-PNG = MediaKind.IMAGE
+DEFAULT_BUDGET_MB = Settings.model_fields["media_memory_mb"].default
 
 
 def big_png() -> Path:
     """An 8000×8000 PNG of one colour (cached: making it takes a few seconds)."""
-    path = CACHE_DIR / f"flat-{SIDE}.png"
-    if not path.exists():
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (SIDE, SIDE), (40, 90, 160)).save(path, compress_level=9)
-    return path
+    return cached(
+        f"flat-{SIDE}.png",
+        lambda path: Image.new("RGB", (SIDE, SIDE), (40, 90, 160)).save(path, compress_level=9),
+    )
 
 
 async def run() -> Result:
@@ -53,14 +52,13 @@ async def run() -> Result:
     notes = [f"Each image: {SIDE}×{SIDE} PNG, {image.stat().st_size / 1024:.0f} KB on disk."]
     with tempfile.TemporaryDirectory(prefix="r2v-bench-media-") as folder:
         async with running_bot(Path(folder), public=False) as bot:
-            actor = USER
             gc.collect()
             idle = memory_kib()
             with RssSampler() as saving:
                 replies = await asyncio.wait_for(
                     asyncio.gather(
                         *(
-                            bot.app.core.save_character(actor, f"c{i}", [local_file(image)])
+                            bot.app.core.save_character(USER, f"c{i}", [local_file(image)])
                             for i in range(COUNT)
                         )
                     ),

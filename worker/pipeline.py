@@ -114,12 +114,15 @@ def resolve_devices(settings: WorkerSettings) -> tuple[str, ...]:
 class VacePipeline:
     """A Wan VACE pipeline loaded on one device, making one clip at a time."""
 
-    def __init__(self, pipe: Any, device: str, settings: WorkerSettings) -> None:
+    def __init__(
+        self, pipe: Any, device: str, settings: WorkerSettings, offload: Offload = "none"
+    ) -> None:
         self._pipe = pipe
         self.device = device
         self._steps = settings.steps
         self._guidance = settings.guidance_scale
         self._crf = settings.crf
+        self._grouped = offload == "group"
         self._schedulers: dict[float, Any] = {}
         self.description = _describe(device)
 
@@ -150,7 +153,7 @@ class VacePipeline:
                 raise RenderCancelled("The task was cancelled.")
             return tensors
 
-        frames = self._call(job, steps, after_step)
+        frames = self._call(job, after_step)
         progress(DECODED)
         encode_video(frames, job.out, fps=FPS, crf=self._crf)
         log.info(
@@ -163,7 +166,7 @@ class VacePipeline:
             time.perf_counter() - started,
         )
 
-    def _call(self, job: RenderJob, steps: int, after_step: Callable[..., Any]) -> Any:
+    def _call(self, job: RenderJob, after_step: Callable[..., Any]) -> Any:
         """Run the pipeline for ``job``: its frames, or a fresh ``RenderCancelled`` or
         ``RenderFailed`` raised only once the memory is released.
 
@@ -187,7 +190,7 @@ class VacePipeline:
                 height=clip.height,
                 width=clip.width,
                 num_frames=clip.frames,
-                num_inference_steps=steps,
+                num_inference_steps=self._steps,
                 guidance_scale=self._guidance,
                 generator=generator,
                 output_type="np",
@@ -223,7 +226,7 @@ class VacePipeline:
         return frames
 
     def release(self) -> None:
-        release_memory(self._pipe, self.device)
+        release_memory(self._pipe, self.device, grouped=self._grouped)
 
     def warm(self, sizes: Sequence[ClipFormat]) -> None:
         """Run one denoising step at each of ``sizes`` (no decoding), so a compiled
@@ -257,13 +260,15 @@ class VacePipeline:
         return scheduler
 
 
-def release_memory(pipe: Any, device: str) -> None:
+def release_memory(pipe: Any, device: str, *, grouped: bool = False) -> None:
     """Leave ``pipe`` as it was before a clip: offload hooks reset (and cache hooks' state),
-    every unreferenced tensor collected, ``device``'s allocator cache emptied."""
+    group-offloaded layers (``grouped``) back in CPU memory, every unreferenced tensor
+    collected, ``device``'s allocator cache emptied."""
     import torch
 
     pipe.maybe_free_model_hooks()
-    _offload_groups(pipe)
+    if grouped:
+        _offload_groups(pipe)
     gc.collect()
     if device.startswith("cuda"):
         with torch.cuda.device(torch.device(device)):
@@ -402,7 +407,7 @@ def load_pipeline(settings: WorkerSettings, device: str) -> VacePipeline:
         pipe.vae.enable_tiling()
     if settings.step_cache:
         apply_step_cache(pipe.transformer, settings.step_cache)
-    pipeline = VacePipeline(pipe, device, settings)
+    pipeline = VacePipeline(pipe, device, settings, mode)
     if settings.compile:
         compile_transformer(pipe.transformer)
         sizes = Formats.from_settings(settings).warm_sizes()

@@ -14,6 +14,10 @@ from bot.media import describe_amount
 from bot.models import Reply
 from bot.ports import ChatPort
 
+#: How far before a job's creation ``find_delivery`` starts looking for its post: the bot's
+#: clock and the platform's may differ.
+POSTS_CLOCK_SLACK_SECONDS = 60.0
+
 
 class ChatAdapter(ChatPort, Protocol):
     """A platform's glue: a ChatPort for the job engine, plus its own life cycle.

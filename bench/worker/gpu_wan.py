@@ -91,9 +91,10 @@ class Clock:
 def _pipeline(args: argparse.Namespace) -> tuple[Any, Any, str]:
     """The pipeline on the device, the architecture's clip, and what was loaded."""
     import torch
-    from diffusers import UniPCMultistepScheduler, WanVACEPipeline
+    from diffusers import WanVACEPipeline
 
     from bench.worker.architectures import SIZES
+    from worker.pipeline import flow_scheduler
 
     architecture = SIZES["tiny" if args.tiny else args.size]
     if args.model_dir is not None:
@@ -116,9 +117,7 @@ def _pipeline(args: argparse.Namespace) -> tuple[Any, Any, str]:
         text_encoder=text_encoder,
         vae=vae,
         transformer=transformer,
-        scheduler=UniPCMultistepScheduler(  # type: ignore[no-untyped-call]
-            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
-        ),
+        scheduler=flow_scheduler({}, shift=3.0),
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe, architecture, f"{architecture.name}, random weights"
@@ -201,13 +200,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     device = args.device
     on_gpu = device.startswith("cuda")
     clock = Clock(device)
-    pipe, architecture, loaded = _pipeline(args)
-    if args.model_dir is None:
-        pipe.to(device)
+    pipe, architecture, loaded = _pipeline(args)  # random weights are made on the device
     if args.compile:
         compile_transformer(pipe.transformer)
-    encode, *embeds = _encode(pipe, architecture, device, clock)
-    prompt_embeds = (embeds[0], embeds[1])
+    encode, positive, negative = _encode(pipe, architecture, device, clock)
+    prompt_embeds = (positive, negative)
     if args.compile:
         _run(pipe, architecture, prompt_embeds, 2, clock)  # compiles, not timed
     if on_gpu:

@@ -146,7 +146,7 @@ def test_offload_moves_the_text_encoder_and_transformer_and_keeps_the_vae_on_the
     apply_offload(pipe, mode, "cpu")
     placed = {name: hooked(getattr(pipe, name)) for name in (*OFFLOADED, "vae")}
     settings = tiny_settings(tmp_path / "w", model)
-    pipeline = VacePipeline(pipe, "cpu", settings)
+    pipeline = VacePipeline(pipe, "cpu", settings, mode)
     clip = pipeline_clip()
     job = RenderJob(
         prompt="a person waves",

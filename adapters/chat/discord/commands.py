@@ -28,7 +28,7 @@ DEFAULT_ROOT_SUBCOMMAND: Final = "show"
 _GUILD_CONTEXT: Final = [0]
 _GUILD_INSTALL: Final = [0]
 _DESCRIPTION_MAX: Final = 100
-#: Discord offers at most this many choices for an option.
+#: Discord offers at most this many choices for an option (and autocomplete suggestions).
 MAX_CHOICES: Final = 25
 #: Admin-only commands are shown to those who may Manage Server (the core checks again). An
 #: integer, as Discord's OpenAPI description has it (its prose and discord.py use a string).

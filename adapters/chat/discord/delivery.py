@@ -27,6 +27,7 @@ from typing import Any, Final
 
 import discord
 
+from adapters.chat.base import POSTS_CLOCK_SLACK_SECONDS
 from adapters.chat.discord.context import fit_content, in_discords_words
 from adapters.chat.discord.views import result_view
 from bot.errors import InvalidMedia
@@ -53,7 +54,6 @@ _UNREACHABLE: Final = frozenset({UNKNOWN_CHANNEL, MISSING_ACCESS, MISSING_PERMIS
 #: and how far before it it starts (clocks differ).
 SCAN_MESSAGES: Final = 500
 _PAGE: Final = 100
-_CLOCK_SLACK_SECONDS: Final = 60.0
 
 
 def nonce_for(job: Job) -> str:
@@ -136,7 +136,7 @@ class Delivery:
         direct messages): a message by the bot whose embed footer is the job's marker."""
         assert self._client.user is not None  # logged in
         me = str(self._client.user.id)
-        born = datetime.fromtimestamp(max(job.created_at - _CLOCK_SLACK_SECONDS, 0.0), tz=UTC)
+        born = datetime.fromtimestamp(max(job.created_at - POSTS_CLOCK_SLACK_SECONDS, 0.0), tz=UTC)
         start = max(discord.utils.time_snowflake(born), 0)
         places: list[int] = places_for(job)
         with contextlib.suppress(discord.HTTPException):

@@ -19,7 +19,7 @@ from discord import app_commands
 from discord.utils import DEFAULT_FILE_SIZE_LIMIT_BYTES
 
 from adapters.chat.base import file_or_link
-from adapters.chat.discord.commands import SAVE_AS_CHARACTER, CommandSet, Invocation
+from adapters.chat.discord.commands import MAX_CHOICES, SAVE_AS_CHARACTER, CommandSet, Invocation
 from adapters.chat.discord.context import actor_of, place_of, reply_content, request_of
 from adapters.chat.discord.delivery import capped
 from adapters.chat.discord.files import CDN_HOSTS, Attachment, attachment_file
@@ -31,8 +31,6 @@ from bot.models import IncomingFile, Reply
 
 log = logging.getLogger(__name__)
 
-#: Discord shows at most this many autocomplete suggestions.
-MAX_SUGGESTIONS: Final = 25
 #: The content types "Save as character" takes from a message (the core checks the bytes).
 _MEDIA_TYPES: Final = ("image/", "video/", "audio/")
 _FAILED = Reply(
@@ -126,7 +124,7 @@ class Interactions:
                 typed = str(invocation.values.get(invocation.focused) or "")
                 names = await self._core.complete_characters(actor_of(interaction), typed)
         await interaction.response.autocomplete(
-            [app_commands.Choice(name=n, value=n) for n in names[:MAX_SUGGESTIONS]]
+            [app_commands.Choice(name=n, value=n) for n in names[:MAX_CHOICES]]
         )
 
     async def _save_from_message(

@@ -37,7 +37,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.chat.base import file_or_link
+from adapters.chat.base import POSTS_CLOCK_SLACK_SECONDS, file_or_link
 from adapters.chat.slack import modal, syntax
 from adapters.chat.slack.admins import AdminDirectory
 from adapters.chat.slack.files import SlackFiles
@@ -62,7 +62,6 @@ _CANNOT_POST = frozenset({"not_in_channel", "channel_not_found", "is_archived"})
 _GONE = frozenset({"thread_not_found", "channel_not_found", "message_not_found"})
 #: ``find_delivery`` reads at most this many pages of this many messages.
 _SCAN_PAGES, _PAGE = 5, 200
-_CLOCK_SLACK_SECONDS = 60.0
 
 
 class SlackAdapter:
@@ -426,7 +425,7 @@ class SlackAdapter:
                 else:
                     page = await self.client.conversations_history(
                         channel=channel,
-                        oldest=f"{max(job.created_at - _CLOCK_SLACK_SECONDS, 0):.6f}",
+                        oldest=f"{max(job.created_at - POSTS_CLOCK_SLACK_SECONDS, 0):.6f}",
                         limit=_PAGE,
                         cursor=cursor,
                     )
